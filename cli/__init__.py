@@ -1,0 +1,1 @@
+"""The typer command-line app of abp-deploy (installed as abp_deploy.cli)."""

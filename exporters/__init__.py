@@ -1,0 +1,1 @@
+"""ONNX export, graph optimisation, quantisation and verification (installed as abp_deploy.exporters)."""
