@@ -1,0 +1,48 @@
+"""The CLI as users run it: help, version, tasks, and one clear line with a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from abp_deploy import __version__
+from abp_deploy.cli.app import app
+
+runner = CliRunner()
+
+
+def test_version_and_help():
+    assert runner.invoke(app, ["--version"]).output.strip() == f"abp-deploy {__version__}"
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "prune" in result.output
+
+
+def test_tasks_lists_metrics_and_labels():
+    result = runner.invoke(app, ["tasks"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "matthews_correlation" in result.output and "not_entailment" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "foo"], "unknown task 'foo'"),
+    (["--sparsity", "1.5"], "--sparsity 1.5 is outside [0, 1)"),
+    (["--method", "finetune", "--sparsity", "0.5"], "finetune trains densely"),
+    (["--method", "lottery"], "unknown method 'lottery'"),
+    (["--task", "qnli", "--data-dir", "/no/such/dir"], "does not exist"),
+])
+def test_bad_prune_input_is_one_line_and_exit_1(tmp_path, args, message):
+    result = runner.invoke(app, ["prune", "-o", str(tmp_path / "run"), *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_prune_from_the_cli_writes_a_run(tiny_model_dir, tiny_glue_dir, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["prune", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir",
+                                 str(tiny_glue_dir), "-o", str(out), "--max-steps", "3", "--max-length", "16",
+                                 "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "sparsity 0.5000" in " ".join(result.output.split())
+    assert (out / "manifest.json").is_file()
