@@ -105,6 +105,26 @@ def prune(
                       f"({manifest['wall_time_s']:.0f}s)")
 
 
+@app.command()
+@user_errors
+def bake(
+    run_dir: Path = typer.Argument(..., help="A finished prune run folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write (save_pretrained layout)."),
+    model: Optional[str] = typer.Option(None, help="Base model, if not the one recorded in the run's manifest."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Multiply the mask into the weights and remove dead heads and FFN neurons exactly."""
+    from abp_deploy.bake_run import bake_run
+
+    s = bake_run(run_dir, output, base_model=model, overwrite=overwrite)
+    table = Table("layer", "heads kept", "heads removed", "FFN kept", "FFN removed")
+    for i, (h, hr, f, fr) in enumerate(zip(s.heads, s.heads_removed, s.intermediate_sizes, s.neurons_removed)):
+        table.add_row(str(i), str(h), str(hr), str(f), str(fr))
+    console.print(table)
+    console.print(f"params {s.params_before:,} -> {s.params_after:,}; dense FLOPs/token (seq {s.seq_len}) "
+                  f"{s.flops_per_token_before:,} -> {s.flops_per_token_after:,}; written to {output}")
+
+
 def main() -> None:
     """Console-script entry point; library chatter (download bars, init warnings) is silenced for users."""
     import datasets

@@ -1,0 +1,216 @@
+"""Bake a masked model: cut its dead heads and FFN neurons out exactly, save it, load it back.
+
+A baked folder is a `save_pretrained` folder (model.safetensors, config.json, tokenizer) plus
+bake_summary.json. Its config records the cuts: `pruned_heads` (the library's own key, re-applied by
+every `from_pretrained`) and `abp_intermediate_sizes` (the FFN width of each layer, which only
+`load_baked` knows how to re-create).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.modeling_utils import no_init_weights
+from transformers.pytorch_utils import prune_linear_layer
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
+
+from abp_deploy.errors import AbpError
+from abp_deploy.structure import KEPT_AS_ZERO, count_params_and_flops, encoder_layers, find_dead_structure
+
+SUMMARY_FILE = "bake_summary.json"
+FFN_SIZES_KEY = "abp_intermediate_sizes"
+
+
+@dataclass(frozen=True)
+class BakeSummary:
+    """What baking removed: sizes and dense FLOPs before/after, and per-layer cuts and survivors."""
+
+    seq_len: int
+    params_before: int
+    params_after: int
+    encoder_params_before: int
+    encoder_params_after: int
+    flops_per_token_before: int
+    flops_per_token_after: int
+    heads_removed: list[int]
+    neurons_removed: list[int]
+    heads: list[int]
+    intermediate_sizes: list[int]
+
+
+@torch.no_grad()
+def _fold_constants(out: nn.Linear, columns: torch.Tensor, constant: torch.Tensor, kept: torch.Tensor) -> None:
+    """Add `out.weight[:, columns] @ constant` to `out.bias`, then zero the kept columns.
+
+    `constant` is what the dead units feed into `out` for every token; an out_zero unit's columns
+    are zero, so it adds exactly nothing. The sum is taken in float64 to add no rounding of its own.
+    """
+    columns, kept = columns.to(out.weight.device), kept.to(out.weight.device)
+    out.bias += (out.weight[:, columns].double() @ constant.double()).to(out.bias.dtype)
+    out.weight[:, kept] = 0
+
+
+def _head_columns(heads: list[int], head_size: int) -> torch.Tensor:
+    """Positions of the given heads' features in the concatenated head dimension."""
+    return torch.tensor([h * head_size + k for h in sorted(heads) for k in range(head_size)], dtype=torch.long)
+
+
+def _fold_dead_heads(attention: nn.Module, dead: dict[int, str]) -> None:
+    """Fold dead heads' constant output into the attention output bias; zero a kept-as-zero head.
+
+    A value_zero head has V = b_v at every position, and each softmax row sums to one, so its
+    context is exactly b_v whatever it attends to (in eval mode, without a head_mask).
+    """
+    size = attention.self.attention_head_size
+    columns = _head_columns(list(dead), size)
+    kept = _head_columns([h for h, why in dead.items() if why == KEPT_AS_ZERO], size)
+    _fold_constants(attention.output.dense, columns, attention.self.value.bias[columns], kept)
+
+
+def _fold_dead_neurons(layer: nn.Module, dead: dict[int, str]) -> None:
+    """Fold dead FFN neurons' constant output into the FFN output bias; zero a kept-as-zero neuron.
+
+    An in_zero neuron's pre-activation is its bias b at every position, so it outputs act(b).
+    """
+    columns = torch.tensor(sorted(dead), dtype=torch.long)
+    kept = torch.tensor([i for i, why in dead.items() if why == KEPT_AS_ZERO], dtype=torch.long)
+    constant = layer.intermediate.intermediate_act_fn(layer.intermediate.dense.bias[columns])
+    _fold_constants(layer.output.dense, columns, constant, kept)
+
+
+def _cut_neurons(layer: nn.Module, removed: list[int]) -> None:
+    """Drop FFN neurons: rows of the input Linear and the matching columns of the output Linear."""
+    if not removed:
+        return
+    width = layer.intermediate.dense.out_features
+    keep = torch.tensor(sorted(set(range(width)) - set(removed)), dtype=torch.long)
+    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+    layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+
+
+def _original_head_ids(model: PreTrainedModel, layer: nn.Module) -> list[int]:
+    """Original head id of each current head position (`prune_heads` wants original ids)."""
+    return sorted(set(range(model.config.num_attention_heads)) - layer.attention.pruned_heads)
+
+
+@torch.no_grad()
+def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
+    """Remove the dead heads and FFN neurons of a masked model in place; its outputs stay the same.
+
+    FLOPs in the summary are per token for sequences of `seq_len` (see count_params_and_flops).
+    """
+    before = count_params_and_flops(model, seq_len)
+    dtype = model.dtype
+    dead = find_dead_structure(model)
+    heads_to_prune = {}
+    for index, (layer, layer_dead) in enumerate(zip(encoder_layers(model), dead.layers)):
+        _fold_dead_heads(layer.attention, layer_dead.heads)
+        _fold_dead_neurons(layer, layer_dead.neurons)
+        _cut_neurons(layer, layer_dead.removable_neurons)
+        if layer_dead.removable_heads:
+            ids = _original_head_ids(model, layer)
+            heads_to_prune[index] = [ids[h] for h in layer_dead.removable_heads]
+    model.prune_heads(heads_to_prune)  # also records them in config.pruned_heads
+    model.to(dtype)  # prune_linear_layer builds its new layers in torch's default dtype
+    layers = encoder_layers(model)
+    model.config.abp_intermediate_sizes = [layer.intermediate.dense.out_features for layer in layers]
+    after = count_params_and_flops(model, seq_len)
+    return BakeSummary(
+        seq_len=seq_len,
+        params_before=before["total_params"],
+        params_after=after["total_params"],
+        encoder_params_before=before["encoder_linear_params"],
+        encoder_params_after=after["encoder_linear_params"],
+        flops_per_token_before=before["flops_per_token"],
+        flops_per_token_after=after["flops_per_token"],
+        heads_removed=[len(d.removable_heads) for d in dead.layers],
+        neurons_removed=[len(d.removable_neurons) for d in dead.layers],
+        heads=[layer.attention.self.num_attention_heads for layer in layers],
+        intermediate_sizes=list(model.config.abp_intermediate_sizes),
+    )
+
+
+def save_baked(model: PreTrainedModel, tokenizer, out_dir: str | Path, summary: BakeSummary,
+               overwrite: bool = False) -> Path:
+    """Write model (one safetensors file), tokenizer and summary to `out_dir`, all or nothing.
+
+    Everything is written to a temporary sibling folder that is renamed into place only when
+    complete, so an interrupted save never leaves a half-written model at `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise AbpError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another output folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        model.save_pretrained(work, safe_serialization=True, max_shard_size="1000GB")
+        tokenizer.save_pretrained(work)
+        (work / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        if out_dir.exists():
+            old = work.with_name(work.name + ".old")
+            out_dir.replace(old)
+            work.replace(out_dir)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            work.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _resize_ffn(layer: nn.Module, width: int) -> None:
+    """Give a freshly built layer an FFN of `width` neurons (weights are loaded afterwards)."""
+    w_in = layer.intermediate.dense.weight
+    factory = {"dtype": w_in.dtype, "device": w_in.device}
+    layer.intermediate.dense = nn.Linear(layer.intermediate.dense.in_features, width, **factory)
+    layer.output.dense = nn.Linear(width, layer.output.dense.out_features, **factory)
+
+
+def load_baked(path: str | Path, attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load a baked folder in eval mode: rebuild its ragged shape from the config, then load weights strictly."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        raise AbpError(f"{path} is not a baked model folder ({CONFIG_NAME} missing): run abp-deploy bake to create it")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise AbpError(f"{path / CONFIG_NAME} is unreadable ({type(exc).__name__}): re-run abp-deploy bake") from exc
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with no_init_weights():  # every weight is overwritten by the strict load below
+        model = AutoModelForSequenceClassification.from_config(config, **kwargs)  # applies config.pruned_heads
+    layers = encoder_layers(model)
+    sizes = getattr(config, FFN_SIZES_KEY, None) or [config.intermediate_size] * len(layers)
+    if len(sizes) != len(layers):
+        raise AbpError(f"{path / CONFIG_NAME}: {FFN_SIZES_KEY} has {len(sizes)} entries for {len(layers)} layers: "
+                       "re-run abp-deploy bake")
+    for layer, width in zip(layers, sizes):
+        if width != layer.intermediate.dense.out_features:
+            _resize_ffn(layer, width)
+    weights = path / SAFE_WEIGHTS_NAME
+    if not weights.is_file():
+        raise AbpError(f"{weights} is missing: re-run abp-deploy bake")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AbpError(f"{weights} is unreadable (truncated or corrupted?): re-run abp-deploy bake") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise AbpError(f"{weights} does not match the shapes in {CONFIG_NAME} ({detail}): re-run abp-deploy bake") from exc
+    return model.eval()
