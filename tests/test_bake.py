@@ -190,7 +190,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_equal_logits(masked, batch,
     script = (
         "import sys, torch\n"
         "from abp_deploy.bake import load_baked\n"
-        "batch = torch.load(sys.argv[2])\n"
+        "batch = torch.load(sys.argv[2], weights_only=True)\n"
         "out = {}\n"
         "for impl in ('eager', 'sdpa'):\n"
         "    model = load_baked(sys.argv[1], attn_implementation=impl)\n"
@@ -201,7 +201,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_equal_logits(masked, batch,
     torch.save(batch, tmp_path / "batch.pt")
     subprocess.run([sys.executable, "-c", script, str(baked_dir), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
                    check=True)
-    for impl, (used, training, reloaded) in torch.load(tmp_path / "out.pt").items():
+    for impl, (used, training, reloaded) in torch.load(tmp_path / "out.pt", weights_only=True).items():
         assert used == impl and not training
         torch.testing.assert_close(reloaded, reference, atol=1e-5, rtol=0)
 
