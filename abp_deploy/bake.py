@@ -9,9 +9,6 @@ every `from_pretrained`) and `abp_intermediate_sizes` (the FFN width of each lay
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from transformers.modeling_utils import no_init_weights
 from transformers.pytorch_utils import prune_linear_layer
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
+from abp_deploy.atomic import atomic_dir
 from abp_deploy.errors import AbpError
 from abp_deploy.structure import KEPT_AS_ZERO, count_params_and_flops, encoder_layers, find_dead_structure
 
@@ -141,35 +139,19 @@ def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
 
 
 def save_baked(model: PreTrainedModel, tokenizer, out_dir: str | Path, summary: BakeSummary,
-               overwrite: bool = False) -> Path:
-    """Write model (one safetensors file), tokenizer and summary to `out_dir`, all or nothing.
+               overwrite: bool = False, extra_json: dict[str, dict] | None = None) -> Path:
+    """Write model (one safetensors file), tokenizer, summary and `extra_json` files to `out_dir`, all or nothing.
 
     Everything is written to a temporary sibling folder that is renamed into place only when
     complete, so an interrupted save never leaves a half-written model at `out_dir`.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise AbpError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        os.chmod(work, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    with atomic_dir(out_dir, overwrite) as work:
         model.save_pretrained(work, safe_serialization=True, max_shard_size="1000GB")
         tokenizer.save_pretrained(work)
         (work / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        if out_dir.exists():
-            old = work.with_name(work.name + ".old")
-            out_dir.replace(old)
-            work.replace(out_dir)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            work.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        for name, content in (extra_json or {}).items():
+            (work / name).write_text(json.dumps(content, indent=2) + "\n")
     return out_dir
 
 

@@ -27,7 +27,7 @@ def test_baked_run_reloads_smaller_with_the_masked_logits(sparse_run, tmp_path):
     summary = bake_run(sparse_run, tmp_path / "baked")
     assert sum(summary.neurons_removed) > 0 and summary.params_after < summary.params_before
     masked, tokenizer, _, manifest = load_run_model(sparse_run)
-    batch = real_batch(sparse_run, tokenizer, manifest)
+    batch = real_batch("sst2", manifest["config"]["data_dir"], tokenizer, manifest["max_length"])
     baked = load_baked(tmp_path / "baked")
     with torch.no_grad():
         assert torch.allclose(baked(**batch).logits, masked(**batch).logits, atol=1e-5)

@@ -1,0 +1,33 @@
+"""Open an exported model in onnxruntime, with a one-line error for a missing or damaged file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
+
+from abp_deploy.errors import AbpError
+from abp_deploy.exporters.onnx_export import MODEL_FILE
+
+
+def _model_file(onnx_dir_or_file: str | Path) -> Path:
+    """The .onnx file itself, or the model.onnx inside an export folder."""
+    path = Path(onnx_dir_or_file)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def open_session(onnx_dir_or_file: str | Path, providers: list[str] | None = None,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """An InferenceSession on the CPU (unless `providers` says otherwise), `threads` intra-op threads."""
+    path = _model_file(onnx_dir_or_file)
+    if not path.is_file():
+        raise AbpError(f"no ONNX model at {path}: run abp-deploy export first")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except (InvalidProtobuf, InvalidArgument, InvalidGraph, Fail) as exc:
+        raise AbpError(f"file {path} is not a valid ONNX model (truncated or corrupted?): "
+                       f"re-run abp-deploy export ({type(exc).__name__})") from exc
