@@ -125,6 +125,46 @@ def bake(
                   f"{s.flops_per_token_before:,} -> {s.flops_per_token_after:,}; written to {output}")
 
 
+@app.command()
+@user_errors
+def export(
+    source: Path = typer.Argument(..., help="A finished prune run folder, or a folder written by abp-deploy bake."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (model.onnx, config, tokenizer, report)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    optimize: str = typer.Option("O2", help="onnxruntime graph optimisation: O1 (basic), O2 (+ transformer "
+                                 "fusions), O3 (+ tanh GELU approximation), or none."),
+    quantize: str = typer.Option("none", help="int8 (dynamic, per-channel weights) or none."),
+    sparse_storage: bool = typer.Option(False, help="Store matrices more than 2/3 zero as sparse initializers "
+                                        "(smaller file; no speed gain; more memory at load)."),
+    strict_fusion: bool = typer.Option(False, help="Fail if attention does not fuse in every layer."),
+    model: Optional[str] = typer.Option(None, help="Base model of a run, if not the one in its manifest."),
+    data_dir: Optional[Path] = typer.Option(None, help="GLUE tsv folder for the verification examples."),
+    opset: int = typer.Option(17, help="ONNX opset (17: onnxruntime >= 1.14)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Bake (if given a run), export to ONNX, optimise, optionally quantise, and verify against PyTorch."""
+    from abp_deploy.export_run import export_model
+
+    with console.status("exporting, optimising and verifying..."):
+        report, src = export_model(source, output, fmt=fmt, optimize=None if optimize.lower() == "none" else optimize,
+                                   quantize=None if quantize.lower() == "none" else quantize,
+                                   sparse_storage=sparse_storage, base_model=model,
+                                   data_dir=str(data_dir) if data_dir else None, strict_fusion=strict_fusion,
+                                   overwrite=overwrite, opset=opset)
+    if report.fusion:
+        f = report.fusion
+        fused = ", ".join(f"{op} {n}" for op, n in f.fused.items() if n)
+        console.print(f"{f.level}: attention fused in {f.attention} of {f.layers} layers; fused nodes: {fused or 'none'}")
+        for layer, reason in f.missing_attention.items():
+            console.print(f"[yellow]layer {layer} attention not fused:[/yellow] {reason}", soft_wrap=True)
+    for check in report.verification:
+        bar = f"max |Δ| <= {check.atol:g}" if check.atol is not None else f"agreement >= {check.min_agreement:.0%}"
+        console.print(f"verified {check.precision} on {src.verify_data}: max |Δlogits| {check.max_abs_diff:.2e}, "
+                      f"argmax agreement {check.argmax_agreement:.1%} ({bar})")
+    console.print(f"heads per layer {report.heads}, FFN per layer {report.intermediate_sizes}; "
+                  f"model.onnx {report.file_bytes['model.onnx'] / 1e6:.1f} MB; written to {output}")
+
+
 def main() -> None:
     """Console-script entry point; library chatter (download bars, init warnings) is silenced for users."""
     import datasets

@@ -96,7 +96,7 @@ def _build(model: PreTrainedModel, tokenizer, work: Path, optimize: Level | None
 def export_artifact(model: PreTrainedModel, tokenizer, out_dir: str | Path, optimize: Level | None = "O2",
                     quantize: Literal["int8"] | None = None, verify_batch: dict[str, np.ndarray] | None = None,
                     sparse_storage: bool = False, strict_fusion: bool = False, overwrite: bool = False,
-                    opset: int = 17) -> ExportReport:
+                    opset: int = 17, extra_report: dict | None = None) -> ExportReport:
     """Write a verified ONNX folder (model.onnx, config, tokenizer, export_report.json), all or nothing.
 
     Work happens in a temporary sibling folder renamed to `out_dir` only after verification passed,
@@ -104,6 +104,7 @@ def export_artifact(model: PreTrainedModel, tokenizer, out_dir: str | Path, opti
     `verify_batch` defaults to a few built-in sentences; pass real examples of the task when you have them.
     `sparse_storage` stores matrices that are more than 2/3 zero as sparse initializers: a smaller file,
     but no speed gain and more memory at load (see exporters/sparsity.py for the measurements).
+    `extra_report` (provenance, bake summary) is stored in export_report.json beside the figures.
     """
     if optimize not in (None, *LEVELS):
         raise AbpError(f"unknown optimisation level {optimize!r}: use one of {', '.join(LEVELS)} or none")
@@ -112,5 +113,5 @@ def export_artifact(model: PreTrainedModel, tokenizer, out_dir: str | Path, opti
     batch = verify_batch if verify_batch is not None else sample_batch(tokenizer)
     with atomic_dir(out_dir, overwrite) as work:
         report = _build(model, tokenizer, work, optimize, quantize, sparse_storage, batch, strict_fusion, opset)
-        (work / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        (work / REPORT_FILE).write_text(json.dumps(asdict(report) | (extra_report or {}), indent=2) + "\n")
     return report

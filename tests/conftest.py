@@ -89,3 +89,14 @@ def tiny_prune_config(tiny_model_dir, tiny_glue_dir, tmp_path):
 
     return PruneConfig(task="sst2", model=str(tiny_model_dir), data_dir=str(tiny_glue_dir), output=str(tmp_path / "run"),
                        max_length=16, batch_size=16, max_steps=12, checkpoint_every=0, progress=False, device="cpu")
+
+
+@pytest.fixture()
+def sparse_run(tiny_prune_config) -> str:
+    """A finished tiny ABP run at 93% sparsity: enough for some FFN neurons to die entirely."""
+    import dataclasses
+
+    from abp_deploy.prune import prune
+
+    prune(dataclasses.replace(tiny_prune_config, sparsity=0.93, max_steps=6))
+    return tiny_prune_config.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -14,13 +13,6 @@ from abp_deploy.bake import load_baked
 from abp_deploy.bake_run import bake_run, real_batch
 from abp_deploy.cli.app import app
 from abp_deploy.errors import AbpError
-from abp_deploy.prune import prune
-
-
-@pytest.fixture()
-def sparse_run(tiny_prune_config):
-    prune(dataclasses.replace(tiny_prune_config, sparsity=0.93, max_steps=6))
-    return tiny_prune_config.output
 
 
 def test_baked_run_reloads_smaller_with_the_masked_logits(sparse_run, tmp_path):

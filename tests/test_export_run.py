@@ -1,0 +1,69 @@
+"""`abp-deploy export`: a run or a baked folder becomes a verified ONNX folder, or nothing at all."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from abp_deploy.bake_run import bake_run
+from abp_deploy.cli.app import app
+from abp_deploy.errors import AbpError
+from abp_deploy.export_run import export_model, load_source
+from abp_deploy.exporters.loading import open_session
+
+
+def onnx_logits(folder, batch):
+    session = open_session(folder)
+    return session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})[0]
+
+
+def test_export_of_a_run_computes_the_baked_models_logits_on_its_task_examples(sparse_run, tmp_path):
+    report, src = export_model(sparse_run, tmp_path / "onnx", optimize="O2")
+    assert src.verify_data == "32 sst2 dev examples"
+    with torch.no_grad():
+        expected = src.model(**{k: torch.from_numpy(v) for k, v in src.verify_batch.items()}).logits.numpy()
+    np.testing.assert_allclose(onnx_logits(tmp_path / "onnx", src.verify_batch), expected, atol=1e-4)
+    written = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
+    assert written["provenance"]["task"] == "sst2" and written["bake"]["heads"] == report.heads
+    assert written["fusion"]["fused"]["Attention"] == 2
+
+
+def test_export_of_a_baked_folder_matches_export_of_its_run(sparse_run, tmp_path):
+    bake_run(sparse_run, tmp_path / "baked")
+    export_model(sparse_run, tmp_path / "from_run", optimize=None)
+    _, src = export_model(tmp_path / "baked", tmp_path / "from_baked", optimize=None)
+    assert src.verify_data.endswith("sst2 dev examples")
+    np.testing.assert_allclose(onnx_logits(tmp_path / "from_baked", src.verify_batch),
+                               onnx_logits(tmp_path / "from_run", src.verify_batch), atol=1e-5)
+
+
+def test_export_refuses_a_run_whose_base_model_changed_and_leaves_nothing(sparse_run, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(5)
+    other = tmp_path / "other"
+    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(other)
+    with pytest.raises(AbpError, match="not the one this run was pruned from"):
+        export_model(sparse_run, tmp_path / "onnx", base_model=str(other))
+    assert not list(tmp_path.glob("onnx*"))
+
+
+def test_export_of_a_folder_that_is_neither_run_nor_baked_says_what_to_pass(tmp_path):
+    with pytest.raises(AbpError, match="neither a prune run"):
+        load_source(tmp_path)
+
+
+def test_export_cli_reports_fusion_and_verification_and_rejects_unknown_format(sparse_run, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "onnx"), "--quantize", "int8"],
+                       env={"COLUMNS": "200"})
+    assert ok.exit_code == 0, ok.output
+    assert "attention fused in 2 of 2 layers" in ok.output and "verified int8" in ok.output
+    bad = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "tfl"), "--format", "tflite"])
+    assert bad.exit_code == 1 and "unknown export format 'tflite'" in bad.output
+    assert not (tmp_path / "tfl").exists()
