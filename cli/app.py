@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from abp_deploy import __version__
@@ -163,6 +165,50 @@ def export(
                       f"argmax agreement {check.argmax_agreement:.1%} ({bar})")
     console.print(f"heads per layer {report.heads}, FFN per layer {report.intermediate_sizes}; "
                   f"model.onnx {report.file_bytes['model.onnx'] / 1e6:.1f} MB; written to {output}")
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    """Parse '1,32' into (1, 32) with a one-line error naming the option."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise AbpError(f"{option} takes positive integers separated by commas (e.g. 1,32), not {text!r}")
+    return values
+
+
+@app.command()
+@user_errors
+def bench(
+    artifacts: list[Path] = typer.Argument(..., help="Folders written by abp-deploy export."),
+    baseline: Optional[Path] = typer.Option(None, help="The dense fine-tuned model's export folder: every figure "
+                                            "gets a ratio against it."),
+    output: Path = typer.Option(Path("reports/bench"), "--output", "-o", help="Report folder (JSON, Markdown, PNG)."),
+    batch_sizes: str = typer.Option("1,32", help="Batch sizes of the latency grid."),
+    seq_lens: str = typer.Option("128", help="Sequence lengths of the latency grid."),
+    threads: int = typer.Option(os.cpu_count() or 1, help="onnxruntime intra-op threads (fixed for all artefacts)."),
+    warmup: int = typer.Option(3, help="Untimed calls per cell and artefact."),
+    repeats: int = typer.Option(20, help="Timed calls per cell and artefact."),
+    data_dir: Optional[Path] = typer.Option(None, help="GLUE tsv folder, if not the one recorded at prune time."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Score on a fixed subsample of the dev set."),
+    memory: bool = typer.Option(True, help="Measure peak memory in a child process per artefact."),
+    overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
+) -> None:
+    """Dev-set score via onnxruntime, latency/throughput grid, size and memory, side by side with a baseline."""
+    from abp_deploy.atomic import refuse_existing
+    from abp_deploy.bench import BenchConfig
+    from abp_deploy.bench import bench as run_bench
+    from abp_deploy.bench_report import MD_FILE, write_report
+
+    refuse_existing(output, overwrite)
+    cfg = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), seq_lens=_ints(seq_lens, "--seq-lens"),
+                      threads=threads, warmup=warmup, repeats=repeats, data_dir=str(data_dir) if data_dir else None,
+                      max_eval_samples=max_eval_samples, memory=memory)
+    result = run_bench(artifacts, baseline, cfg)
+    write_report(result, output, overwrite=overwrite)
+    console.print(Markdown((output / MD_FILE).read_text()))
+    console.print(f"report written to {output}")
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""Stage three: score and time ONNX artefacts side by side with a dense baseline, in one run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+from transformers import AutoConfig
+
+from abp_deploy.errors import AbpError
+from abp_deploy.exporters.loading import open_session
+from abp_deploy.latency import time_interleaved
+from abp_deploy.memory_probe import peak_memory_mb
+from abp_deploy.onnx_scoring import read_export_report, score_onnx
+from abp_deploy.progress import item_progress
+
+GPU_PROVIDER = "CUDAExecutionProvider"
+
+
+@dataclass
+class BenchConfig:
+    """What to measure: the grid of shapes, the timing discipline and where the dev data lives."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    seq_lens: tuple[int, ...] = (128,)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    warmup: int = 3
+    repeats: int = 20
+    providers: tuple[str, ...] | None = None  # None: CPU, plus CUDA when onnxruntime has it
+    data_dir: str | None = None
+    max_eval_samples: int | None = None
+    memory: bool = True
+    progress: bool = True
+
+
+def available_providers(requested: tuple[str, ...] | None) -> list[str]:
+    """CPU always, CUDA when this onnxruntime build offers it; an unavailable requested provider is an error."""
+    have = ort.get_available_providers()
+    if requested is None:
+        return ["CPUExecutionProvider"] + ([GPU_PROVIDER] if GPU_PROVIDER in have else [])
+    missing = [p for p in requested if p not in have]
+    if missing:
+        raise AbpError(f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}: "
+                       "install onnxruntime-gpu for CUDA, or drop the provider")
+    return list(requested)
+
+
+def _describe(folder: Path) -> dict:
+    """Name, provenance and shape of one artefact, from its export report and config."""
+    report = read_export_report(folder)
+    config = AutoConfig.from_pretrained(folder)
+    prov, bake = report["provenance"], report.get("bake", {})
+    return {
+        "name": folder.name, "path": str(folder), "task": prov["task"], "method": prov.get("method"),
+        "sparsity": prov.get("sparsity") or 0.0, "optimize": report.get("optimize"), "quantize": report.get("quantize"),
+        "heads": report["heads"], "intermediate_sizes": report["intermediate_sizes"],
+        "full_heads": config.num_attention_heads, "full_intermediate_size": config.intermediate_size,
+        "params": bake.get("params_after"), "flops_per_token": bake.get("flops_per_token_after"),
+        "size_mb": (folder / "model.onnx").stat().st_size / 1e6, "vocab_size": config.vocab_size,
+        "attention_fused": (report.get("fusion") or {}).get("fused", {}).get("Attention"),
+    }
+
+
+def _ratios(rows: list[dict], baseline: str) -> None:
+    """Add speed-ups, throughput ratios, size ratios and score deltas against the baseline to each row."""
+    base = next(r for r in rows if r["name"] == baseline)
+    base_lat = {(c["provider"], c["batch"], c["seq"]): c for c in base["latency"]}
+    for row in rows:
+        row["vs_baseline"] = {
+            "score_delta": {s: m["score"] - base["accuracy"][s]["score"] for s, m in row["accuracy"].items()
+                            if s in base["accuracy"]},
+            "size_ratio": row["size_mb"] / base["size_mb"],
+            "latency": [{"provider": c["provider"], "batch": c["batch"], "seq": c["seq"],
+                         "speedup_p50": base_lat[(c["provider"], c["batch"], c["seq"])]["p50_ms"] / c["p50_ms"],
+                         "throughput_ratio": c["throughput"] / base_lat[(c["provider"], c["batch"], c["seq"])]["throughput"]}
+                        for c in row["latency"]],
+        }
+
+
+def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: BenchConfig | None = None) -> dict:
+    """Accuracy via onnxruntime, latency grid (interleaved), size and peak memory for each artefact.
+
+    With a baseline (the dense fine-tuned model exported the same way) every figure also gets a
+    ratio against it, measured in the same run on the same machine.
+    """
+    cfg = cfg or BenchConfig()
+    folders = ([Path(baseline)] if baseline else []) + [Path(a) for a in artifacts]
+    if not folders:
+        raise AbpError("nothing to bench: pass one or more folders written by abp-deploy export")
+    names = [f.name for f in folders]
+    if len(set(names)) != len(names):
+        raise AbpError(f"artefact folder names must differ (they label the report): {names}")
+    rows = [_describe(f) for f in folders]
+    if len({r["task"] for r in rows}) > 1:
+        raise AbpError(f"artefacts of different tasks cannot be compared: {sorted({r['task'] for r in rows})}")
+    providers = available_providers(cfg.providers)
+    cells = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lens]
+    total = len(rows) * (1 + int(cfg.memory)) + len(cells) * len(providers)
+    with item_progress("benchmarking", total, enabled=cfg.progress) as bar:
+        for row, folder in zip(rows, folders):
+            session = open_session(folder, threads=cfg.threads)
+            row["accuracy"] = score_onnx(folder, session, cfg.data_dir, cfg.max_eval_samples)
+            row["latency"] = []
+            bar.advance()
+        for provider in providers:
+            sessions = {r["name"]: open_session(f, providers=[provider], threads=cfg.threads)
+                        for r, f in zip(rows, folders)}
+            for batch, seq in cells:
+                stats = time_interleaved(sessions, batch, seq, rows[0]["vocab_size"], cfg.warmup, cfg.repeats)
+                for row in rows:
+                    row["latency"].append({"provider": provider} | asdict(stats[row["name"]]))
+                bar.advance()
+        for row, folder in zip(rows, folders):
+            if cfg.memory:
+                row["memory"] = peak_memory_mb(folder, max(cfg.batch_sizes), max(cfg.seq_lens), cfg.threads,
+                                               row["vocab_size"])
+                bar.advance()
+    if baseline:
+        _ratios(rows, names[0])
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpu_count": os.cpu_count(), "threads": cfg.threads, "onnxruntime": ort.__version__,
+            "providers": providers, "config": asdict(cfg)}
+    return {"meta": meta, "baseline": names[0] if baseline else None, "artifacts": rows}

@@ -1,0 +1,45 @@
+"""Peak resident memory of a fresh process that loads an ONNX model and runs one batch.
+
+Measured in a child process because a process's peak RSS only grows: in the benchmarking process
+it would mix all artefacts. Run as `python -m abp_deploy.memory_probe MODEL BATCH SEQ THREADS VOCAB`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from abp_deploy.errors import AbpError
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_memory_mb(model: str | Path, batch: int, seq: int, threads: int, vocab_size: int) -> dict[str, float]:
+    """{"peak_rss_mb": process peak, "model_mb": peak minus the same process before loading the model}."""
+    cmd = [sys.executable, "-m", "abp_deploy.memory_probe", str(model), str(batch), str(seq), str(threads),
+           str(vocab_size)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AbpError(f"memory probe of {model} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _probe(model: str, batch: int, seq: int, threads: int, vocab_size: int) -> dict[str, float]:
+    from abp_deploy.exporters.loading import open_session
+    from abp_deploy.latency import synthetic_feeds
+
+    before = _peak_rss_mb()
+    session = open_session(model, threads=threads)
+    session.run(None, synthetic_feeds(session, batch, seq, vocab_size))
+    peak = _peak_rss_mb()
+    return {"peak_rss_mb": round(peak, 1), "model_mb": round(peak - before, 1)}
+
+
+if __name__ == "__main__":
+    model_arg, *numbers = sys.argv[1:]
+    print(json.dumps(_probe(model_arg, *map(int, numbers))))

@@ -1,0 +1,89 @@
+"""`abp-deploy bench`: ONNX dev scores equal PyTorch's, the grid is timed side by side, reports are written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from abp_deploy.bench import BenchConfig, bench
+from abp_deploy.bench_report import JSON_FILE, MD_FILE, PLOTS, write_report
+from abp_deploy.cli.app import app
+from abp_deploy.data import load_split, tokenize
+from abp_deploy.errors import AbpError
+from abp_deploy.evaluation import dev_loader, evaluate
+from abp_deploy.export_run import export_model
+from abp_deploy.exporters.loading import open_session
+from abp_deploy.latency import time_interleaved
+from abp_deploy.onnx_scoring import score_onnx
+from abp_deploy.tasks import get_task
+
+FAST = BenchConfig(batch_sizes=(1, 4), seq_lens=(16,), threads=1, warmup=1, repeats=5, progress=False)
+
+
+@pytest.fixture()
+def exported(sparse_run, tmp_path):
+    """Two artefacts of one run: fp32 O2 (the 'baseline' here) and int8."""
+    _, src = export_model(sparse_run, tmp_path / "fp32", optimize="O2")
+    export_model(sparse_run, tmp_path / "int8", optimize="O2", quantize="int8")
+    return tmp_path / "fp32", tmp_path / "int8", src
+
+
+def test_onnx_dev_score_equals_the_pytorch_score_of_the_same_model(exported, tiny_glue_dir):
+    fp32, _, src = exported
+    task = get_task("sst2")
+    ds = tokenize(load_split(task, "dev", str(tiny_glue_dir)), src.tokenizer, 16)
+    expected = evaluate(src.model, task, {"dev": dev_loader(ds, src.tokenizer, 8)})
+    got = score_onnx(fp32, open_session(fp32))
+    assert got["dev"]["accuracy"] == pytest.approx(expected["dev"]["accuracy"])
+
+
+def test_interleaved_timing_gives_ordered_percentiles_for_every_session(exported):
+    fp32, int8, _ = exported
+    stats = time_interleaved({"a": open_session(fp32), "b": open_session(int8)}, 2, 16, 40, warmup=1, repeats=7)
+    for s in stats.values():
+        assert s.runs == 7 and 0 < s.p50_ms <= s.p90_ms <= s.p99_ms
+        assert s.throughput == pytest.approx(2 / (s.p50_ms / 1e3))
+
+
+def test_bench_writes_json_markdown_and_plots_with_ratios_against_the_baseline(exported, tmp_path):
+    fp32, int8, _ = exported
+    result = bench([int8], baseline=fp32, cfg=FAST)
+    base, other = result["artifacts"]
+    assert result["baseline"] == "fp32" and len(other["latency"]) == 2
+    assert all(q["speedup_p50"] == 1.0 for q in base["vs_baseline"]["latency"])
+    assert other["vs_baseline"]["size_ratio"] < 0.6  # int8 weights
+    assert other["memory"]["peak_rss_mb"] > 0
+    out = write_report(result, tmp_path / "report")
+    assert json.loads((out / JSON_FILE).read_text())["artifacts"][1]["name"] == "int8"
+    assert "| int8 |" in (out / MD_FILE).read_text()
+    for plot in PLOTS:
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_of_a_truncated_onnx_file_fails_with_one_clear_line(exported):
+    fp32, _, _ = exported
+    data = (fp32 / "model.onnx").read_bytes()
+    (fp32 / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AbpError, match="not a valid ONNX model"):
+        bench([fp32], cfg=FAST)
+
+
+def test_bench_of_a_folder_without_export_report_says_to_export(tmp_path):
+    with pytest.raises(AbpError, match="not an abp-deploy ONNX artefact"):
+        bench([tmp_path], cfg=FAST)
+
+
+def test_bench_cli_prints_the_table_and_rejects_a_bad_grid(exported, tmp_path):
+    fp32, int8, _ = exported
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", str(int8), "--batch-sizes", "one", "-o", str(tmp_path / "r0")])
+    assert bad.exit_code == 1 and "--batch-sizes takes positive integers" in bad.output
+    ok = runner.invoke(app, ["bench", str(int8), "--baseline", str(fp32), "-o", str(tmp_path / "r"), "--batch-sizes",
+                             "1", "--seq-lens", "8", "--repeats", "3", "--threads", "1", "--no-memory"],
+                       env={"COLUMNS": "200"})
+    assert ok.exit_code == 0, ok.output
+    assert "speed-up" in ok.output and (tmp_path / "r" / MD_FILE).is_file()
+    assert np.isfinite(json.loads((tmp_path / "r" / JSON_FILE).read_text())["artifacts"][0]["latency"][0]["p50_ms"])
