@@ -211,6 +211,46 @@ def bench(
     console.print(f"report written to {output}")
 
 
+@app.command("run")
+@user_errors
+def run_main_job(
+    task: str = typer.Option("rotten_tomatoes", help="Task to adapt to (see abp-deploy tasks)."),
+    model: str = typer.Option("minilm-l6", help="Hub id, local save_pretrained folder, or 'minilm-l6' (packaged)."),
+    method: str = typer.Option("abp", help="Pruning method of the task model (abp, movement, magnitude)."),
+    sparsity: float = typer.Option(0.5, help="Fraction of prunable weights set to zero."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (for GLUE tasks)."),
+    max_steps: int = typer.Option(150, help="Optimizer steps of each prune/fine-tune run."),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(64, help="Maximum tokens per training and dev example."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Subsample the dev split(s) (fixed seed)."),
+    seed: int = typer.Option(42),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (training)."),
+    optimize: str = typer.Option("O2", help="O1, O2, O3 or none."),
+    quantize: str = typer.Option("none", help="int8 or none."),
+    batch_sizes: str = typer.Option("1,32", help="Batch sizes of the latency grid."),
+    seq_lens: str = typer.Option("128", help="Sequence lengths of the latency grid."),
+    threads: int = typer.Option(os.cpu_count() or 1, help="onnxruntime intra-op threads."),
+    repeats: int = typer.Option(20, help="Timed calls per cell and artefact."),
+    output: Path = typer.Option(Path("runs/main"), "--output", "-o", help="Job folder (runs, baked, onnx, report)."),
+    overwrite: bool = typer.Option(False, help="Start the job folder afresh."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The main job: prune a task mask and a dense baseline, bake, export, bench side by side."""
+    from abp_deploy.bench_report import MD_FILE
+    from abp_deploy.main_job import JobConfig, run_job
+
+    cfg = JobConfig(task=task, model=model, method=method, sparsity=sparsity,
+                    data_dir=str(data_dir) if data_dir else None, max_steps=max_steps, batch_size=batch_size,
+                    max_length=max_length, max_eval_samples=max_eval_samples, seed=seed, device=device,
+                    optimize=None if optimize.lower() == "none" else optimize,
+                    quantize=None if quantize.lower() == "none" else quantize,
+                    batch_sizes=_ints(batch_sizes, "--batch-sizes"), seq_lens=_ints(seq_lens, "--seq-lens"),
+                    threads=threads, repeats=repeats, output=str(output))
+    run_job(cfg, overwrite=overwrite, progress=progress, say=lambda line: console.print(f"[bold]»[/bold] {line}"))
+    console.print(Markdown((output / "report" / MD_FILE).read_text()))
+    console.print(f"report: {output / 'report'}")
+
+
 def main() -> None:
     """Console-script entry point; library chatter (download bars, init warnings) is silenced for users."""
     import datasets

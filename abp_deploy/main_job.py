@@ -1,0 +1,112 @@
+"""The main job: prune -> bake -> export -> bench for a task mask and its dense fine-tuned baseline.
+
+Everything lands under one folder (runs/, baked/, onnx/, report/). Re-running the same command
+continues where it stopped: finished stages are reused, an interrupted prune resumes from its last
+checkpoint; different settings on an existing folder are refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from abp_deploy.artifacts import MANIFEST_FILE, incomplete_dir
+from abp_deploy.bake import SUMMARY_FILE
+from abp_deploy.bake_run import bake_run
+from abp_deploy.bench import BenchConfig, bench
+from abp_deploy.bench_report import JSON_FILE, write_report
+from abp_deploy.errors import AbpError
+from abp_deploy.export_run import export_model
+from abp_deploy.exporters.pipeline import REPORT_FILE
+from abp_deploy.models import DEFAULT_MODEL
+from abp_deploy.prune import CHECKPOINT, PruneConfig, prune
+
+JOB_FILE = "job.json"
+BASELINE = "dense"
+
+
+@dataclass
+class JobConfig:
+    """CPU-sized defaults: MiniLM-L6 on the offline rotten_tomatoes, 150 steps, ~10 minutes on 2 cores."""
+
+    task: str = "rotten_tomatoes"
+    model: str = DEFAULT_MODEL
+    method: str = "abp"
+    sparsity: float = 0.5
+    data_dir: str | None = None
+    max_steps: int = 150
+    batch_size: int = 32
+    max_length: int = 64
+    max_eval_samples: int | None = None
+    seed: int = 42
+    device: str = "auto"
+    optimize: str | None = "O2"
+    quantize: str | None = None
+    batch_sizes: tuple[int, ...] = (1, 32)
+    seq_lens: tuple[int, ...] = (128,)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    repeats: int = 20
+    output: str = "runs/main"
+
+
+def _check_job_file(out: Path, cfg: JobConfig, overwrite: bool) -> None:
+    """Start fresh, or continue a folder made by the same settings; never mix two configurations."""
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    saved = out / JOB_FILE
+    current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as stored
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        changed = sorted(k for k in current if old.get(k) != current[k] and k != "threads")
+        if changed:
+            raise AbpError(f"{out} holds a job with other settings ({', '.join(changed)}): pass --overwrite "
+                           "or choose another --output")
+    elif out.exists() and any(out.iterdir()):
+        raise AbpError(f"{out} exists and is not an abp-deploy job folder: choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _prune_stage(cfg: JobConfig, method: str, sparsity: float | None, run_dir: Path, progress: bool) -> None:
+    work = incomplete_dir(run_dir)
+    resume = (work / CHECKPOINT).is_dir()
+    prune(PruneConfig(task=cfg.task, model=cfg.model, method=method, sparsity=sparsity, output=str(run_dir),
+                      data_dir=cfg.data_dir, max_eval_samples=cfg.max_eval_samples, max_length=cfg.max_length,
+                      batch_size=cfg.batch_size, max_steps=cfg.max_steps, seed=cfg.seed, device=cfg.device,
+                      checkpoint_every=50, resume=resume, overwrite=work.exists() and not resume, progress=progress))
+
+
+def run_job(cfg: JobConfig, overwrite: bool = False, progress: bool = True,
+            say: Callable[[str], None] = print) -> dict:
+    """Run (or continue) every stage and return the bench result; the report is in OUTPUT/report."""
+    out = Path(cfg.output)
+    _check_job_file(out, cfg, overwrite)
+    models = {"abp": (cfg.method, cfg.sparsity), BASELINE: ("finetune", None)}
+    for name, (method, sparsity) in models.items():
+        run_dir, baked, onnx = out / "runs" / name, out / "baked" / name, out / "onnx" / name
+        if (run_dir / MANIFEST_FILE).is_file():
+            say(f"reusing {run_dir}")
+        else:
+            say(f"prune: {method} on {cfg.task} -> {run_dir}")
+            _prune_stage(cfg, method, sparsity, run_dir, progress)
+        if not (baked / SUMMARY_FILE).is_file():
+            say(f"bake: {run_dir} -> {baked}")
+            bake_run(run_dir, baked, overwrite=True)
+        if not (onnx / REPORT_FILE).is_file():
+            say(f"export: {baked} -> {onnx} ({cfg.optimize or 'no optimisation'}"
+                f"{', ' + cfg.quantize if cfg.quantize else ''})")
+            export_model(baked, onnx, optimize=cfg.optimize, quantize=cfg.quantize, data_dir=cfg.data_dir,
+                         overwrite=True)
+    report = out / "report"
+    say(f"bench: {out / 'onnx' / 'abp'} against {out / 'onnx' / BASELINE} -> {report}")
+    result = bench([out / "onnx" / "abp"], baseline=out / "onnx" / BASELINE,
+                   cfg=BenchConfig(batch_sizes=cfg.batch_sizes, seq_lens=cfg.seq_lens, threads=cfg.threads,
+                                   repeats=cfg.repeats, data_dir=cfg.data_dir, max_eval_samples=cfg.max_eval_samples,
+                                   progress=progress))
+    write_report(result, report, overwrite=True)
+    return json.loads((report / JSON_FILE).read_text())
