@@ -128,9 +128,10 @@ def _topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def detach_masks(layers: dict[str, nn.Linear]) -> None:
-    """Remove the parametrizations, leaving each layer with its original (unmasked) weight."""
+    """Remove the parametrizations, leaving each masked layer with its original (unmasked) weight."""
     for layer in layers.values():
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
 def cubic_sparsity(step: int, total: int, target: float, warmup: float = 0.1, reach: float = 0.7) -> float:

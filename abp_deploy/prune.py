@@ -28,10 +28,12 @@ from abp_deploy.artifacts import (HEAD_FILE, LOG_FILE, MASK_FILE, WEIGHTS_FILE, 
 from abp_deploy.data import load_split, tokenize
 from abp_deploy.errors import AbpError
 from abp_deploy.evaluation import dev_loader, evaluate
+from abp_deploy.gates import GRANULARITIES, attach_gates, final_gate_masks, set_gate_keep_ratio
 from abp_deploy.masking import attach, cubic_sparsity, detach_masks, final_masks, set_keep_ratio
 from abp_deploy.methods import Method, get_method
 from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, prunable_linears, weights_hash
 from abp_deploy.progress import step_progress
+from abp_deploy.structure import surviving_structure
 from abp_deploy.tasks import get_task
 
 CHECKPOINT = "checkpoint"
@@ -49,6 +51,7 @@ class PruneConfig:
     method: str = "abp"
     sparsity: float | None = None  # None: 0.5 for pruning methods, 0 for finetune
     scope: str = "per-matrix"  # top-k per matrix, or "global" across all masked matrices
+    granularity: str = "unstructured"  # or head / neuron / structured (head + neuron gates), see gates.py
     output: str = "runs/abp"
     data_dir: str | None = None
     max_train_samples: int | None = None
@@ -176,6 +179,12 @@ def prune(cfg: PruneConfig) -> dict:
         raise AbpError(f"--score-init {cfg.score_init} is unknown: choose magnitude or constant")
     if cfg.scope not in ("per-matrix", "global"):
         raise AbpError(f"--scope {cfg.scope} is unknown: choose per-matrix or global")
+    if cfg.granularity not in GRANULARITIES:
+        raise AbpError(f"--granularity {cfg.granularity} is unknown: choose {', '.join(GRANULARITIES)}")
+    gated_run = cfg.granularity != "unstructured"
+    if gated_run and method.mask != "score":
+        raise AbpError(f"--granularity {cfg.granularity} learns gates, which --method {method.name} has none of: "
+                       "use --method abp or movement")
     out = Path(cfg.output)
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
@@ -193,7 +202,8 @@ def prune(cfg: PruneConfig) -> dict:
     head_keys = new_keys  # weights the checkpoint lacked are the new task head
     pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
     layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
-    if method.mask is not None:
+    gated = attach_gates(model, cfg.granularity, cfg.score_init, seed=cfg.seed) if gated_run else {}
+    if method.mask is not None and not gated_run:
         attach(layers, method.mask, score_init=cfg.score_init, seed=cfg.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
@@ -220,7 +230,9 @@ def prune(cfg: PruneConfig) -> dict:
                 log.info("resumed at step %d", step)
             for batch in batches:
                 sparsity = cubic_sparsity(step, total, target)
-                if method.mask is not None:
+                if gated:
+                    set_gate_keep_ratio(gated, 1.0 - sparsity)
+                elif method.mask is not None:
                     set_keep_ratio(layers, 1.0 - sparsity, cfg.scope)
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -239,7 +251,10 @@ def prune(cfg: PruneConfig) -> dict:
                     break
 
     model = accelerator.unwrap_model(model)
-    masks = final_masks(layers, 1.0 - target, cfg.scope) if method.mask is not None else {}
+    if gated:
+        masks = final_gate_masks(gated, 1.0 - target)
+    else:
+        masks = final_masks(layers, 1.0 - target, cfg.scope) if method.mask is not None else {}
     if method.mask is not None:
         detach_masks(layers)
     frozen_ok = weights_hash(model) == base_hash  # pretrained weights untouched (abp), checked, not assumed
@@ -252,6 +267,9 @@ def prune(cfg: PruneConfig) -> dict:
             layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
     metrics = evaluate(model, task, {s: dev_loader(d, tokenizer, cfg.eval_batch_size) for s, d in devs.items()})
     achieved, per_matrix = _sparsity_report(masks)
+    structure = surviving_structure(model)
+    if gated:  # a closed gate also kills the unit's q/k/v rows or FFN input row, unmasked but unused
+        achieved = 1.0 - structure["encoder_weights_kept"]
     log.info("dev metrics %s; sparsity %.4f", json.dumps(metrics), achieved)
 
     if accelerator.is_main_process:
@@ -272,10 +290,12 @@ def prune(cfg: PruneConfig) -> dict:
             "max_length": cfg.max_length,
             "method": method.name,
             "scope": cfg.scope,
+            "granularity": cfg.granularity,
             "pretrained_weights_unchanged": frozen_ok,
             "target_sparsity": target,
             "sparsity": achieved,
             "sparsity_per_matrix": per_matrix,
+            "structure": structure,
             "masked_weights": int(sum(m.numel() for m in masks.values())),
             "seed": cfg.seed,
             "steps": total,

@@ -95,3 +95,18 @@ def count_params_and_flops(model: PreTrainedModel, seq_len: int = 128) -> dict[s
         "flops_per_token": linear_flops + attention_flops,
         "seq_len": seq_len,
     }
+
+
+@torch.no_grad()
+def surviving_structure(model: PreTrainedModel) -> dict:
+    """Heads and FFN neurons per layer that are not dead, and the fraction of encoder Linear weights they own."""
+    dead = find_dead_structure(model).layers
+    layers = encoder_layers(model)
+    heads = [layer.attention.self.num_attention_heads - len(d.heads) for layer, d in zip(layers, dead)]
+    neurons = [layer.intermediate.dense.out_features - len(d.neurons) for layer, d in zip(layers, dead)]
+    hidden = model.config.hidden_size
+    head_dim = layers[0].attention.self.attention_head_size
+    full = sum(4 * hidden * layer.attention.self.all_head_size + 2 * hidden * layer.intermediate.dense.out_features
+               for layer in layers)
+    kept = sum(4 * hidden * head_dim * h + 2 * hidden * n for h, n in zip(heads, neurons))
+    return {"heads_kept": heads, "neurons_kept": neurons, "encoder_weights_kept": kept / full}

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["rotten_tomatoes", "sst2"])
     parser.add_argument("--methods", nargs="+", default=["finetune", "abp", "magnitude", "movement"])
     parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--granularity", default="unstructured", help="mask granularity of the pruning methods")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -44,7 +45,9 @@ def main() -> None:
         data_dir = None if task in ("rotten_tomatoes", "imdb") else args.data_dir
         for method in args.methods:
             for seed in args.seeds:
-                cfg = PruneConfig(task=task, method=method, sparsity=None if method == "finetune" else args.sparsity,
+                pruning = method != "finetune"
+                cfg = PruneConfig(task=task, method=method, sparsity=args.sparsity if pruning else None,
+                                  granularity=args.granularity if pruning else "unstructured",
                                   data_dir=data_dir, max_train_samples=args.steps * args.batch_size,
                                   max_eval_samples=args.max_eval_samples, max_steps=args.steps,
                                   batch_size=args.batch_size, max_length=args.max_length, seed=seed,

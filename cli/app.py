@@ -68,6 +68,8 @@ def prune(
     sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights set to zero [default: 0.5; "
                                              "0 for finetune]."),
     scope: str = typer.Option("per-matrix", help="Top-k per weight matrix, or 'global' across all matrices."),
+    granularity: str = typer.Option("unstructured", help="unstructured (the paper), head, neuron, or structured "
+                                    "(head + neuron gates; sparsity = fraction of encoder weights removed)."),
     output: Path = typer.Option(Path("runs/abp"), "--output", "-o", help="Run folder to create."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (DIR/QNLI/train.tsv, dev.tsv)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Subsample the train split (fixed seed)."),
@@ -93,7 +95,8 @@ def prune(
     from abp_deploy.prune import PruneConfig
     from abp_deploy.prune import prune as run_prune
 
-    cfg = PruneConfig(task=task, model=model, method=method, sparsity=sparsity, scope=scope, output=str(output),
+    cfg = PruneConfig(task=task, model=model, method=method, sparsity=sparsity, scope=scope,
+                      granularity=granularity, output=str(output),
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
                       max_steps=max_steps, lr=lr, score_lr=score_lr, head_lr=head_lr, score_init=score_init, mask_pooler=mask_pooler,
@@ -218,6 +221,7 @@ def run_main_job(
     model: str = typer.Option("minilm-l6", help="Hub id, local save_pretrained folder, or 'minilm-l6' (packaged)."),
     method: str = typer.Option("abp", help="Pruning method of the task model (abp, movement, magnitude)."),
     sparsity: float = typer.Option(0.5, help="Fraction of prunable weights set to zero."),
+    granularity: str = typer.Option("unstructured", help="unstructured, head, neuron or structured (see prune)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (for GLUE tasks)."),
     max_steps: int = typer.Option(150, help="Optimizer steps of each prune/fine-tune run."),
     batch_size: int = typer.Option(32),
@@ -239,7 +243,7 @@ def run_main_job(
     from abp_deploy.bench_report import MD_FILE
     from abp_deploy.main_job import JobConfig, run_job
 
-    cfg = JobConfig(task=task, model=model, method=method, sparsity=sparsity,
+    cfg = JobConfig(task=task, model=model, method=method, sparsity=sparsity, granularity=granularity,
                     data_dir=str(data_dir) if data_dir else None, max_steps=max_steps, batch_size=batch_size,
                     max_length=max_length, max_eval_samples=max_eval_samples, seed=seed, device=device,
                     optimize=None if optimize.lower() == "none" else optimize,

@@ -1,0 +1,95 @@
+"""Issues 3 and 4 benchmark: export finished runs at O2 and int8, bench them per task against the dense O2 baseline.
+
+Takes prune run folders (made by benchmarks/compare_methods.py or abp-deploy prune), exports each
+once (reused when present), benches all artefacts of a task in one interleaved run, writes one
+report folder per task, prints its Markdown, and draws the accuracy-speed-up curve of all tasks.
+  python benchmarks/deploy_tradeoff.py benchmarks/out/deploy/*/*-s42 --out benchmarks/out/tradeoff
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import datasets
+import matplotlib
+import transformers
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from abp_deploy.artifacts import read_manifest  # noqa: E402
+from abp_deploy.bench import BenchConfig, bench  # noqa: E402
+from abp_deploy.bench_report import markdown, write_report  # noqa: E402
+from abp_deploy.export_run import export_model  # noqa: E402
+
+
+def label(manifest: dict) -> str:
+    """dense, or method-granularity-sparsity, e.g. abp-structured-50."""
+    if manifest["method"] == "finetune":
+        return "dense"
+    return f"{manifest['method']}-{manifest.get('granularity', 'unstructured')}-{round(manifest['sparsity'] * 100)}"
+
+
+def curve(results: dict[str, dict], path: Path) -> None:
+    """Dev score against speed-up at batch 1 (CPU, first seq len), one panel per task, one series per family."""
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (task, result) in zip(axes[0], results.items()):
+        series = defaultdict(list)
+        for row in result["artifacts"]:
+            q = next(c for c in row["vs_baseline"]["latency"] if c["batch"] == 1)
+            family = row["name"].rsplit("-", 1)[0] if row["name"] != "dense-O2" else "dense"
+            series[family].append((q["speedup_p50"], next(iter(row["accuracy"].values()))["score"] * 100))
+        for family, points in sorted(series.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=family)
+        ax.set(xlabel="speed-up over dense O2 (p50, batch 1, CPU)", ylabel="dev score ×100", title=task)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/tradeoff"))
+    parser.add_argument("--precisions", nargs="+", default=["O2", "int8"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+    by_task: dict[str, list[Path]] = defaultdict(list)
+    baselines: dict[str, Path] = {}
+    for run in args.runs:
+        manifest = read_manifest(run)
+        for precision in args.precisions:
+            name = f"{label(manifest)}-{precision}"
+            onnx = args.out / "onnx" / manifest["task"] / name
+            if not (onnx / "export_report.json").is_file():
+                export_model(run, onnx, optimize="O2", quantize="int8" if precision == "int8" else None, overwrite=True)
+                print(f"exported {run} -> {onnx}", flush=True)
+            if name == "dense-O2":
+                baselines[manifest["task"]] = onnx
+            else:
+                by_task[manifest["task"]].append(onnx)
+    results = {}
+    cfg = BenchConfig(batch_sizes=tuple(args.batch_sizes), seq_lens=(args.seq_len,), threads=args.threads,
+                      repeats=args.repeats, progress=False)
+    for task, artefacts in by_task.items():
+        result = bench(sorted(artefacts), baseline=baselines[task], cfg=cfg)
+        write_report(result, args.out / f"report-{task}", overwrite=True)
+        results[task] = result
+        print(markdown(result), flush=True)
+    curve(results, args.out / "accuracy_vs_speedup.png")
+    (args.out / "summary.json").write_text(json.dumps({t: r["meta"] for t, r in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Structure gates: a head/neuron budget becomes exactly that many dead units, which bake cuts exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from abp_deploy.bake_run import bake_run
+from abp_deploy.errors import AbpError
+from abp_deploy.gates import attach_gates, final_gate_masks, set_gate_keep_ratio
+from abp_deploy.prune import prune
+from abp_deploy.structure import count_params_and_flops, find_dead_structure
+
+
+def test_head_gates_close_exactly_the_lowest_scored_heads(tiny_classifier):
+    gated = attach_gates(tiny_classifier, "head", score_init="constant")
+    layer0 = gated["head"]["encoder.layer.0.attention.output.dense"]
+    with torch.no_grad():
+        layer0.parametrizations.weight[0].scores.copy_(torch.tensor([5.0, -5.0, 4.0, -4.0]))
+    set_gate_keep_ratio(gated, keep=0.5)  # 4 of 8 heads, ranked across both layers
+    masks = final_gate_masks(gated, keep=0.5)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            dict(tiny_classifier.base_model.named_modules())[name].parametrizations.weight.original.mul_(mask)
+    dead = find_dead_structure(tiny_classifier).layers
+    assert sorted(dead[0].heads) == [1, 3]  # the two negative-score heads of layer 0
+    assert sum(len(d.heads) for d in dead) == 4
+
+
+@pytest.mark.parametrize("granularity, heads_left, neurons_left", [("head", 4, 128), ("neuron", 8, 64),
+                                                                   ("structured", 4, 64)])
+def test_gated_run_bakes_to_the_budget_with_unchanged_logits(tiny_prune_config, tmp_path, granularity,
+                                                            heads_left, neurons_left):
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity=granularity, sparsity=0.5, max_steps=6))
+    assert manifest["granularity"] == granularity
+    assert sum(manifest["structure"]["heads_kept"]) == heads_left
+    assert sum(manifest["structure"]["neurons_kept"]) == neurons_left
+    summary = bake_run(tiny_prune_config.output, tmp_path / "baked")  # raises if logits moved by > 1e-4
+    assert sum(summary.heads) == heads_left and sum(summary.intermediate_sizes) == neurons_left
+    if granularity == "structured":
+        assert manifest["sparsity"] == pytest.approx(0.5)
+        assert summary.encoder_params_after < 0.52 * summary.encoder_params_before
+
+
+def test_gated_run_is_deterministic_for_a_seed(tiny_prune_config, tmp_path):
+    cfg = dataclasses.replace(tiny_prune_config, granularity="structured", sparsity=0.5, max_steps=6)
+    first = prune(cfg)["structure"]
+    second = prune(dataclasses.replace(cfg, output=str(tmp_path / "again")))["structure"]
+    assert first == second
+
+
+def test_gates_need_a_learned_mask_method(tiny_prune_config):
+    with pytest.raises(AbpError, match="use --method abp or movement"):
+        prune(dataclasses.replace(tiny_prune_config, method="magnitude", granularity="head"))
+    with pytest.raises(AbpError, match="--granularity block is unknown"):
+        prune(dataclasses.replace(tiny_prune_config, granularity="block"))
+
+
+def test_flops_accounting_matches_a_hand_count_after_cutting_heads(tiny_classifier):
+    tiny_classifier.prune_heads({0: [0, 1]})  # layer 0: 2 of 4 heads of size 8 left
+    counted = count_params_and_flops(tiny_classifier, seq_len=10)
+    hidden, ffn = 32, 64
+    linear = (4 * 2 * hidden * 16 + 2 * 2 * hidden * ffn) + (4 * 2 * hidden * 32 + 2 * 2 * hidden * ffn)
+    attention = 2 * 2 * 10 * 16 + 2 * 2 * 10 * 32
+    assert counted["flops_per_token"] == linear + attention
