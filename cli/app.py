@@ -170,6 +170,30 @@ def export(
                   f"model.onnx {report.file_bytes['model.onnx'] / 1e6:.1f} MB; written to {output}")
 
 
+@app.command()
+@user_errors
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="Prune run folders (any tasks, methods or seeds over one backbone)."),
+    output: Path = typer.Option(Path("reports/analyze"), "--output", "-o", help="Folder for analyze.json and PNGs."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Sparsity per layer and matrix type, surviving heads/neurons, and pairwise mask overlap (Jaccard)."""
+    from abp_deploy.analyze import analyze as run_analyze
+    from abp_deploy.analyze import write_analysis
+
+    result = run_analyze(runs)
+    write_analysis(result, output, overwrite=overwrite)
+    table = Table("run", "task", "method", "sparsity", "heads alive / layer", "FFN alive / layer")
+    for r in result["runs"]:
+        table.add_row(Path(r["run"]).name, r["task"], f"{r['method']} ({r['granularity']})", f"{r['sparsity']:.3f}",
+                      " ".join(map(str, r["heads_alive"])), " ".join(map(str, r["neurons_alive"])))
+    console.print(table)
+    for p in result["overlap"]:
+        console.print(f"{Path(p['a']).name} ∩ {Path(p['b']).name}: weights {p['weights_jaccard']:.3f}, "
+                      f"heads {p['heads_jaccard']:.3f}, neurons {p['neurons_jaccard']:.3f} (Jaccard)")
+    console.print(f"written to {output}")
+
+
 def _ints(text: str, option: str) -> tuple[int, ...]:
     """Parse '1,32' into (1, 32) with a one-line error naming the option."""
     try:
