@@ -7,6 +7,7 @@ many (`accelerate launch`), and handles mixed precision and resumable state.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -223,8 +224,13 @@ def prune(cfg: PruneConfig) -> dict:
             loader.set_epoch(epoch)
             batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
             if pending_restore:
-                # Restore after the iterator exists: creating one draws from the global RNG, and the
-                # checkpointed RNG state (dropout) must be the one the uninterrupted run had here.
+                # The checkpointed RNG state (dropout) must be the one the uninterrupted run had here.
+                # Accelerate's loader starts its inner iterator, which draws a seed from the global RNG,
+                # at the first next(). Mid-epoch the uninterrupted run made that draw at the epoch's
+                # start, before the checkpoint: so draw it now and restore after; at an epoch
+                # boundary both runs draw after the checkpoint.
+                if skip:
+                    batches = itertools.chain([next(batches)], batches)
                 accelerator.load_state(str(work / CHECKPOINT))
                 pending_restore = False
                 log.info("resumed at step %d", step)
