@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import abp_deploy
 from abp_deploy.apply import load_run_model
-from abp_deploy.bake import load_baked
 from abp_deploy.bake_run import bake_run, real_batch
 from abp_deploy.cli.app import app
 from abp_deploy.errors import AbpError
@@ -20,7 +20,7 @@ def test_baked_run_reloads_smaller_with_the_masked_logits(sparse_run, tmp_path):
     assert sum(summary.neurons_removed) > 0 and summary.params_after < summary.params_before
     masked, tokenizer, _, manifest = load_run_model(sparse_run)
     batch = real_batch("sst2", manifest["config"]["data_dir"], tokenizer, manifest["max_length"])
-    baked = load_baked(tmp_path / "baked")
+    baked = abp_deploy.load_baked(tmp_path / "baked")  # the one-call loader of the issue
     with torch.no_grad():
         assert torch.allclose(baked(**batch).logits, masked(**batch).logits, atol=1e-5)
     assert json.loads((tmp_path / "baked" / "config.json").read_text())["abp_provenance"]["task"] == "sst2"
