@@ -30,11 +30,16 @@ def peak_memory_mb(model: str | Path, batch: int, seq: int, threads: int, vocab_
 
 
 def _probe(model: str, batch: int, seq: int, threads: int, vocab_size: int) -> dict[str, float]:
-    from abp_deploy.exporters.loading import open_session
-    from abp_deploy.latency import synthetic_feeds
+    """Load and run with onnxruntime alone (no torch import), as an inference service would."""
+    import onnxruntime as ort
 
+    from abp_deploy.latency import synthetic_feeds  # numpy and onnxruntime only
+
+    path = Path(model) / "model.onnx" if Path(model).is_dir() else Path(model)
     before = _peak_rss_mb()
-    session = open_session(model, threads=threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     session.run(None, synthetic_feeds(session, batch, seq, vocab_size))
     peak = _peak_rss_mb()
     return {"peak_rss_mb": round(peak, 1), "model_mb": round(peak - before, 1)}

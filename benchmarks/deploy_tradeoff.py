@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--export-only", action="store_true", help="export (e.g. while training still runs), no bench")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -79,6 +80,8 @@ def main() -> None:
                 baselines[manifest["task"]] = onnx
             else:
                 by_task[manifest["task"]].append(onnx)
+    if args.export_only:
+        return
     results = {}
     cfg = BenchConfig(batch_sizes=tuple(args.batch_sizes), seq_lens=(args.seq_len,), threads=args.threads,
                       repeats=args.repeats, progress=False)
