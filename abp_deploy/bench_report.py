@@ -74,12 +74,13 @@ def _plot_latency(rows: list[dict], path: Path) -> None:
     cells = sorted({(c["provider"], c["batch"], c["seq"]) for c in rows[0]["latency"]})
     fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 4), squeeze=False)
     for ax, (provider, batch, seq) in zip(axes[0], cells):
-        for r in rows:
-            c = next(c for c in r["latency"] if (c["provider"], c["batch"], c["seq"]) == (provider, batch, seq))
+        cells = [next(c for c in r["latency"] if (c["provider"], c["batch"], c["seq"]) == (provider, batch, seq))
+                 for r in rows]
+        for r, c in zip(rows, cells):
             ax.scatter(r["sparsity"], c["p50_ms"])
             ax.annotate(r["name"], (r["sparsity"], c["p50_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel="sparsity", ylabel="p50 latency (ms)", title=f"{_short_provider(provider)} batch {batch} × seq {seq}")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * max(c["p50_ms"] for c in cells))  # room for the labels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
