@@ -103,12 +103,16 @@ def analyze(run_dirs: list[str | Path]) -> dict:
         pairs.append({"a": a["run"], "b": b["run"], "weights_jaccard": _jaccard(kept_a, kept_b),
                       "heads_jaccard": _jaccard(np.array(a["_heads"]), np.array(b["_heads"])),
                       "neurons_jaccard": _jaccard(np.array(a["_neurons"]), np.array(b["_neurons"]))})
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs]
+    labels = short_names([r["run"] for r in runs])
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} | {"label": labels[r["run"]]} for r in runs]
     return {"runs": public, "overlap": pairs}
 
 
-def _label(run: dict) -> str:
-    return f"{Path(run['run']).name}"
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Folder names as labels, with their parent folder where two runs share a name."""
+    names = [Path(p).name for p in paths]
+    return {p: (Path(p).name if names.count(Path(p).name) == 1 else f"{Path(p).parent.name}/{Path(p).name}")
+            for p in paths}
 
 
 def _plot_sparsity(result: dict, path: Path) -> None:
@@ -117,7 +121,7 @@ def _plot_sparsity(result: dict, path: Path) -> None:
     for ax, run in zip(axes[0], runs):
         grid = np.array([[layer[t] for t in MATRIX_TYPES] for layer in run["sparsity_by_layer_and_type"]])
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set(xticks=range(len(MATRIX_TYPES)), yticks=range(len(grid)), ylabel="layer", title=_label(run))
+        ax.set(xticks=range(len(MATRIX_TYPES)), yticks=range(len(grid)), ylabel="layer", title=run["label"])
         ax.set_xticklabels(MATRIX_TYPES, rotation=45, ha="right", fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), label="sparsity")
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -131,7 +135,7 @@ def _plot_survivors(result: dict, path: Path) -> None:
         grid = np.array([r[key] for r in runs])
         im = ax.imshow(grid, cmap="magma", aspect="auto")
         ax.set(xlabel="layer", yticks=range(len(runs)), title=title)
-        ax.set_yticklabels([_label(r) for r in runs], fontsize=7)
+        ax.set_yticklabels([r["label"] for r in runs], fontsize=7)
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white" if v < grid.max() / 2 else "black")
         fig.colorbar(im, ax=ax)
@@ -147,7 +151,7 @@ def _plot_overlap(result: dict, path: Path) -> None:
         grid[i, j] = grid[j, i] = p["weights_jaccard"]
     fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(names), 1 + 0.7 * len(names)))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="Blues")
-    labels = [_label(r) for r in result["runs"]]
+    labels = [r["label"] for r in result["runs"]]
     ax.set(xticks=range(len(names)), yticks=range(len(names)), title="Jaccard of kept weights")
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticklabels(labels, fontsize=7)

@@ -185,11 +185,12 @@ def analyze(
     write_analysis(result, output, overwrite=overwrite)
     table = Table("run", "task", "method", "sparsity", "heads alive / layer", "FFN alive / layer")
     for r in result["runs"]:
-        table.add_row(Path(r["run"]).name, r["task"], f"{r['method']} ({r['granularity']})", f"{r['sparsity']:.3f}",
+        table.add_row(r["label"], r["task"], f"{r['method']} ({r['granularity']})", f"{r['sparsity']:.3f}",
                       " ".join(map(str, r["heads_alive"])), " ".join(map(str, r["neurons_alive"])))
     console.print(table)
+    label = {r["run"]: r["label"] for r in result["runs"]}
     for p in result["overlap"]:
-        console.print(f"{Path(p['a']).name} ∩ {Path(p['b']).name}: weights {p['weights_jaccard']:.3f}, "
+        console.print(f"{label[p['a']]} ∩ {label[p['b']]}: weights {p['weights_jaccard']:.3f}, "
                       f"heads {p['heads_jaccard']:.3f}, neurons {p['neurons_jaccard']:.3f} (Jaccard)")
     console.print(f"written to {output}")
 
