@@ -18,8 +18,9 @@ from torch.nn.utils import parametrize
 from abp_deploy.masking import _kth_largest_threshold, _topk_mask, straight_through_mask
 from abp_deploy.structure import encoder_layers
 
-GRANULARITIES = ("unstructured", "head", "neuron", "structured")
-_KINDS = {"head": ("head",), "neuron": ("neuron",), "structured": ("head", "neuron")}
+GRANULARITIES = ("unstructured", "head", "neuron", "structured", "hybrid")
+# hybrid: structured gates plus the paper's unstructured mask inside the kept units (prune.py adds the latter)
+_KINDS = {"head": ("head",), "neuron": ("neuron",), "structured": ("head", "neuron"), "hybrid": ("head", "neuron")}
 
 
 class GateMask(nn.Module):

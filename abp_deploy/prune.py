@@ -52,7 +52,8 @@ class PruneConfig:
     method: str = "abp"
     sparsity: float | None = None  # None: 0.5 for pruning methods, 0 for finetune
     scope: str = "per-matrix"  # top-k per matrix, or "global" across all masked matrices
-    granularity: str = "unstructured"  # or head / neuron / structured (head + neuron gates), see gates.py
+    granularity: str = "unstructured"  # or head / neuron / structured (head + neuron gates) / hybrid, see gates.py
+    inner_sparsity: float | None = None  # hybrid only: unstructured sparsity inside the kept units [default 0.3]
     output: str = "runs/abp"
     data_dir: str | None = None
     max_train_samples: int | None = None
@@ -183,6 +184,12 @@ def prune(cfg: PruneConfig) -> dict:
     if cfg.granularity not in GRANULARITIES:
         raise AbpError(f"--granularity {cfg.granularity} is unknown: choose {', '.join(GRANULARITIES)}")
     gated_run = cfg.granularity != "unstructured"
+    hybrid = cfg.granularity == "hybrid"
+    inner = (0.3 if cfg.inner_sparsity is None else cfg.inner_sparsity) if hybrid else 0.0
+    if cfg.inner_sparsity is not None and not hybrid:
+        raise AbpError("--inner-sparsity applies to --granularity hybrid only: drop it or use hybrid")
+    if not 0.0 <= inner < 1.0:
+        raise AbpError(f"--inner-sparsity {inner} is outside [0, 1): pass the fraction of kept units' weights to zero")
     if gated_run and method.mask != "score":
         raise AbpError(f"--granularity {cfg.granularity} learns gates, which --method {method.name} has none of: "
                        "use --method abp or movement")
@@ -203,9 +210,9 @@ def prune(cfg: PruneConfig) -> dict:
     head_keys = new_keys  # weights the checkpoint lacked are the new task head
     pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
     layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
-    gated = attach_gates(model, cfg.granularity, cfg.score_init, seed=cfg.seed) if gated_run else {}
-    if method.mask is not None and not gated_run:
+    if method.mask is not None and (hybrid or not gated_run):  # first, so masking's helpers find it at index 0
         attach(layers, method.mask, score_init=cfg.score_init, seed=cfg.seed)
+    gated = attach_gates(model, cfg.granularity, cfg.score_init, seed=cfg.seed) if gated_run else {}
     optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
@@ -238,7 +245,9 @@ def prune(cfg: PruneConfig) -> dict:
                 sparsity = cubic_sparsity(step, total, target)
                 if gated:
                     set_gate_keep_ratio(gated, 1.0 - sparsity)
-                elif method.mask is not None:
+                if hybrid:
+                    set_keep_ratio(layers, 1.0 - cubic_sparsity(step, total, inner), cfg.scope)
+                elif method.mask is not None and not gated:
                     set_keep_ratio(layers, 1.0 - sparsity, cfg.scope)
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -257,7 +266,10 @@ def prune(cfg: PruneConfig) -> dict:
                     break
 
     model = accelerator.unwrap_model(model)
-    if gated:
+    if hybrid:
+        unstructured, gates = final_masks(layers, 1.0 - inner, cfg.scope), final_gate_masks(gated, 1.0 - target)
+        masks = {n: m & gates[n] if n in gates else m for n, m in unstructured.items()}
+    elif gated:
         masks = final_gate_masks(gated, 1.0 - target)
     else:
         masks = final_masks(layers, 1.0 - target, cfg.scope) if method.mask is not None else {}
@@ -273,6 +285,7 @@ def prune(cfg: PruneConfig) -> dict:
             layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
     metrics = evaluate(model, task, {s: dev_loader(d, tokenizer, cfg.eval_batch_size) for s, d in devs.items()})
     achieved, per_matrix = _sparsity_report(masks)
+    mask_zeros = achieved
     structure = surviving_structure(model)
     if gated:  # a closed gate also kills the unit's q/k/v rows or FFN input row, unmasked but unused
         achieved = 1.0 - structure["encoder_weights_kept"]
@@ -300,6 +313,8 @@ def prune(cfg: PruneConfig) -> dict:
             "pretrained_weights_unchanged": frozen_ok,
             "target_sparsity": target,
             "sparsity": achieved,
+            "mask_sparsity": mask_zeros,
+            "inner_sparsity": inner,
             "sparsity_per_matrix": per_matrix,
             "structure": structure,
             "masked_weights": int(sum(m.numel() for m in masks.values())),

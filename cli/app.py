@@ -68,8 +68,11 @@ def prune(
     sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights set to zero [default: 0.5; "
                                              "0 for finetune]."),
     scope: str = typer.Option("per-matrix", help="Top-k per weight matrix, or 'global' across all matrices."),
-    granularity: str = typer.Option("unstructured", help="unstructured (the paper), head, neuron, or structured "
-                                    "(head + neuron gates; sparsity = fraction of encoder weights removed)."),
+    granularity: str = typer.Option("unstructured", help="unstructured (the paper), head, neuron, structured "
+                                    "(head + neuron gates; sparsity = fraction of encoder weights removed), or hybrid "
+                                    "(structured + unstructured inside the kept units)."),
+    inner_sparsity: Optional[float] = typer.Option(None, help="hybrid: unstructured sparsity inside kept units "
+                                                   "[default: 0.3]."),
     output: Path = typer.Option(Path("runs/abp"), "--output", "-o", help="Run folder to create."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (DIR/QNLI/train.tsv, dev.tsv)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Subsample the train split (fixed seed)."),
@@ -96,7 +99,7 @@ def prune(
     from abp_deploy.prune import prune as run_prune
 
     cfg = PruneConfig(task=task, model=model, method=method, sparsity=sparsity, scope=scope,
-                      granularity=granularity, output=str(output),
+                      granularity=granularity, inner_sparsity=inner_sparsity, output=str(output),
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
                       max_steps=max_steps, lr=lr, score_lr=score_lr, head_lr=head_lr, score_init=score_init, mask_pooler=mask_pooler,

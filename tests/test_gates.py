@@ -65,3 +65,21 @@ def test_flops_accounting_matches_a_hand_count_after_cutting_heads(tiny_classifi
     linear = (4 * 2 * hidden * 16 + 2 * 2 * hidden * ffn) + (4 * 2 * hidden * 32 + 2 * 2 * hidden * ffn)
     attention = 2 * 2 * 10 * 16 + 2 * 2 * 10 * 32
     assert counted["flops_per_token"] == linear + attention
+
+
+def test_hybrid_run_cuts_the_structure_budget_and_masks_inside_what_survives(tiny_prune_config, tmp_path):
+    from abp_deploy.artifacts import load_mask
+
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity="hybrid", sparsity=0.5, inner_sparsity=0.4,
+                                         max_steps=6))
+    assert sum(manifest["structure"]["heads_kept"]) == 4 and sum(manifest["structure"]["neurons_kept"]) == 64
+    assert manifest["sparsity"] == pytest.approx(0.5) and manifest["inner_sparsity"] == 0.4
+    query = load_mask(tmp_path / "run" / "mask.safetensors")["encoder.layer.0.attention.self.query"]
+    assert 1 - query.float().mean().item() == pytest.approx(0.4, abs=0.01)  # ungated matrix: the inner mask only
+    summary = bake_run(tiny_prune_config.output, tmp_path / "baked")  # exact, or it raises
+    assert sum(summary.heads) == 4 and sum(summary.intermediate_sizes) == 64
+
+
+def test_inner_sparsity_is_refused_outside_hybrid(tiny_prune_config):
+    with pytest.raises(AbpError, match="--inner-sparsity applies to --granularity hybrid only"):
+        prune(dataclasses.replace(tiny_prune_config, granularity="structured", inner_sparsity=0.3))
