@@ -40,16 +40,32 @@ def curve(results: dict[str, dict], path: Path) -> None:
         series = defaultdict(list)
         for row in result["artifacts"]:
             q = next(c for c in row["vs_baseline"]["latency"] if c["batch"] == 1)
-            family = row["name"].rsplit("-", 1)[0] if row["name"] != "dense-O2" else "dense"
-            series[family].append((q["speedup_p50"], next(iter(row["accuracy"].values()))["score"] * 100))
-        for family, points in sorted(series.items()):
+            parts = row["name"].split("-")  # dense-O2, or method-granularity-percent-precision
+            family = "dense" if parts[0] == "dense" else f"{parts[0]} {parts[1]}"
+            series[(family, parts[-1])].append((q["speedup_p50"], next(iter(row["accuracy"].values()))["score"] * 100))
+        for (family, precision), points in sorted(series.items()):
             xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", label=family)
+            ax.plot(xs, ys, marker="o", linestyle="-" if precision == "O2" else "--", label=f"{family} ({precision})")
         ax.set(xlabel="speed-up over dense O2 (p50, batch 1, CPU)", ylabel="dev score ×100", title=task)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def compact(task: str, result: dict) -> str:
+    """One line per artefact: score, structure left, CPU speed-ups at batch 1 and 32, size."""
+    lines = [f"\n### {task}\n", "| artefact | dev score | Δ vs dense O2 | heads | FFN neurons | p50 b1 ms | speed-up b1 "
+             "| throughput ratio b32 | MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["artifacts"]:
+        split, score = next(iter(r["accuracy"].items()))
+        lat = {c["batch"]: c for c in r["latency"]}
+        q = {c["batch"]: c for c in r["vs_baseline"]["latency"]}
+        b_small, b_big = min(lat), max(lat)
+        lines.append(f"| {r['name']} | {score['score']:.4f} | {r['vs_baseline']['score_delta'][split] * 100:+.2f} pt | "
+                     f"{sum(r['heads'])} | {sum(r['intermediate_sizes'])} | {lat[b_small]['p50_ms']:.1f} | "
+                     f"{q[b_small]['speedup_p50']:.2f}× | {q[b_big]['throughput_ratio']:.2f}× | {r['size_mb']:.1f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -90,6 +106,8 @@ def main() -> None:
         write_report(result, args.out / f"report-{task}", overwrite=True)
         results[task] = result
         print(markdown(result), flush=True)
+    for task, result in results.items():
+        print(compact(task, result), flush=True)
     curve(results, args.out / "accuracy_vs_speedup.png")
     (args.out / "summary.json").write_text(json.dumps({t: r["meta"] for t, r in results.items()}, indent=2))
 
