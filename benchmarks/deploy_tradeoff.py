@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-int8-for", nargs="*", default=["magnitude", "movement"],
+                        help="methods exported at O2 only (their unstructured masks gain nothing structural from int8)")
     parser.add_argument("--export-only", action="store_true", help="export (e.g. while training still runs), no bench")
     args = parser.parse_args()
     datasets.disable_progress_bars()
@@ -87,6 +89,8 @@ def main() -> None:
     for run in args.runs:
         manifest = read_manifest(run)
         for precision in args.precisions:
+            if precision == "int8" and manifest["method"] in args.no_int8_for:
+                continue
             name = f"{label(manifest)}-{precision}"
             onnx = args.out / "onnx" / manifest["task"] / name
             if not (onnx / "export_report.json").is_file():
