@@ -100,3 +100,14 @@ def sparse_run(tiny_prune_config) -> str:
 
     prune(dataclasses.replace(tiny_prune_config, sparsity=0.93, max_steps=6))
     return tiny_prune_config.output
+
+
+@pytest.fixture()
+def other_base_model(tmp_path) -> Path:
+    """A base model of the tiny BERT's shape but other weights: a run's mask must be refused on it."""
+    from transformers import BertModel
+
+    torch.manual_seed(5)
+    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "other")
+    return tmp_path / "other"

@@ -26,15 +26,9 @@ def test_baked_run_reloads_smaller_with_the_masked_logits(sparse_run, tmp_path):
     assert json.loads((tmp_path / "baked" / "config.json").read_text())["abp_provenance"]["task"] == "sst2"
 
 
-def test_bake_refuses_a_run_whose_base_model_changed(sparse_run, tmp_path):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(5)
-    other = tmp_path / "other"
-    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(other)
+def test_bake_refuses_a_run_whose_base_model_changed(sparse_run, other_base_model, tmp_path):
     with pytest.raises(AbpError, match="not the one this run was pruned from"):
-        bake_run(sparse_run, tmp_path / "baked", base_model=str(other))
+        bake_run(sparse_run, tmp_path / "baked", base_model=str(other_base_model))
     assert not (tmp_path / "baked").exists()
 
 

@@ -41,15 +41,9 @@ def test_export_of_a_baked_folder_matches_export_of_its_run(sparse_run, tmp_path
                                onnx_logits(tmp_path / "from_run", src.verify_batch), atol=1e-5)
 
 
-def test_export_refuses_a_run_whose_base_model_changed_and_leaves_nothing(sparse_run, tmp_path):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(5)
-    other = tmp_path / "other"
-    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(other)
+def test_export_refuses_a_run_whose_base_model_changed_and_leaves_nothing(sparse_run, other_base_model, tmp_path):
     with pytest.raises(AbpError, match="not the one this run was pruned from"):
-        export_model(sparse_run, tmp_path / "onnx", base_model=str(other))
+        export_model(sparse_run, tmp_path / "onnx", base_model=str(other_base_model))
     assert not list(tmp_path.glob("onnx*"))
 
 
