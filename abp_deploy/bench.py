@@ -101,14 +101,14 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     cells = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lens]
     total = len(rows) * (1 + int(cfg.memory)) + len(cells) * len(providers)
     with item_progress("benchmarking", total, enabled=cfg.progress) as bar:
+        cpu = {r["name"]: open_session(f, threads=cfg.threads) for r, f in zip(rows, folders)}  # scoring and CPU timing
         for row, folder in zip(rows, folders):
-            session = open_session(folder, threads=cfg.threads)
-            row["accuracy"] = score_onnx(folder, session, cfg.data_dir, cfg.max_eval_samples)
+            row["accuracy"] = score_onnx(folder, cpu[row["name"]], cfg.data_dir, cfg.max_eval_samples)
             row["latency"] = []
             bar.advance()
         for provider in providers:
-            sessions = {r["name"]: open_session(f, providers=[provider], threads=cfg.threads)
-                        for r, f in zip(rows, folders)}
+            sessions = cpu if provider == "CPUExecutionProvider" else {
+                r["name"]: open_session(f, providers=[provider], threads=cfg.threads) for r, f in zip(rows, folders)}
             for batch, seq in cells:
                 stats = time_interleaved(sessions, batch, seq, rows[0]["vocab_size"], cfg.warmup, cfg.repeats)
                 for row in rows:

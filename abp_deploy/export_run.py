@@ -31,6 +31,11 @@ class ExportSource:
     verify_data: str
 
 
+def _described(batch: dict, task: str) -> tuple[dict[str, np.ndarray], str]:
+    """A tokenized torch batch as the int64 arrays onnxruntime takes, and how to name it in reports."""
+    return {k: v.numpy().astype(np.int64) for k, v in batch.items()}, f"{len(batch['input_ids'])} {task} dev examples"
+
+
 def _verify_batch(provenance: dict, data_dir: str | None, tokenizer) -> tuple[dict[str, np.ndarray], str]:
     """Real dev examples of the model's task when its data can be read; the built-in sentences otherwise."""
     source = data_dir or provenance.get("data_dir")
@@ -38,7 +43,7 @@ def _verify_batch(provenance: dict, data_dir: str | None, tokenizer) -> tuple[di
         batch = real_batch(provenance["task"], source, tokenizer, provenance["max_length"])
     except AbpError as exc:
         return sample_batch(tokenizer), f"built-in sentences (task data unavailable: {exc})"
-    return {k: v.numpy().astype(np.int64) for k, v in batch.items()}, f"{len(batch['input_ids'])} {provenance['task']} dev examples"
+    return _described(batch, provenance["task"])
 
 
 def _from_baked(path: Path, data_dir: str | None) -> ExportSource:
@@ -62,8 +67,7 @@ def load_source(source: str | Path, base_model: str | None = None, data_dir: str
         if data_dir:
             batch, described = _verify_batch(baked.model.config.abp_provenance, data_dir, baked.tokenizer)
         else:
-            batch = {k: v.numpy().astype(np.int64) for k, v in baked.check_batch.items()}
-            described = f"{len(batch['input_ids'])} {baked.manifest['task']} dev examples"
+            batch, described = _described(baked.check_batch, baked.manifest["task"])
         return ExportSource(baked.model, baked.tokenizer, baked.model.config.abp_provenance, asdict(baked.summary),
                             batch, described)
     if (source / "config.json").is_file():

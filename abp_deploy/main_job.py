@@ -19,7 +19,7 @@ from abp_deploy.artifacts import MANIFEST_FILE, incomplete_dir
 from abp_deploy.bake import SUMMARY_FILE
 from abp_deploy.bake_run import bake_run
 from abp_deploy.bench import BenchConfig, bench
-from abp_deploy.bench_report import JSON_FILE, write_report
+from abp_deploy.bench_report import write_report
 from abp_deploy.errors import AbpError
 from abp_deploy.export_run import export_model
 from abp_deploy.exporters.pipeline import REPORT_FILE
@@ -112,4 +112,4 @@ def run_job(cfg: JobConfig, overwrite: bool = False, progress: bool = True,
                                    repeats=cfg.repeats, data_dir=cfg.data_dir, max_eval_samples=cfg.max_eval_samples,
                                    progress=progress))
     write_report(result, report, overwrite=True)
-    return json.loads((report / JSON_FILE).read_text())
+    return result
