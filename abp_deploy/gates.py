@@ -73,6 +73,11 @@ def _gate(layer: nn.Linear) -> GateMask:
     return next(p for p in layer.parametrizations.weight if isinstance(p, GateMask))
 
 
+def gate_scores(gated: dict[str, dict[str, nn.Linear]]) -> list[nn.Parameter]:
+    """The gates' learnable scores (their own optimizer group: they may want another learning rate)."""
+    return [_gate(layer).scores for layers in gated.values() for layer in layers.values()]
+
+
 @torch.no_grad()
 def set_gate_keep_ratio(gated: dict[str, dict[str, nn.Linear]], keep: float) -> None:
     """Open the top `keep` fraction of gates of each kind, ranked globally across layers."""

@@ -29,7 +29,8 @@ from abp_deploy.artifacts import (HEAD_FILE, LOG_FILE, MASK_FILE, WEIGHTS_FILE, 
 from abp_deploy.data import load_split, tokenize
 from abp_deploy.errors import AbpError
 from abp_deploy.evaluation import dev_loader, evaluate
-from abp_deploy.gates import GRANULARITIES, attach_gates, final_gate_masks, set_gate_keep_ratio
+from abp_deploy.distill import distill_loss, load_teacher
+from abp_deploy.gates import GRANULARITIES, attach_gates, final_gate_masks, gate_scores, set_gate_keep_ratio
 from abp_deploy.masking import attach, cubic_sparsity, detach_masks, final_masks, set_keep_ratio
 from abp_deploy.methods import Method, get_method
 from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, prunable_linears, weights_hash
@@ -65,8 +66,12 @@ class PruneConfig:
     max_steps: int | None = None
     lr: float = 5e-5  # pretrained weights (methods that train them)
     score_lr: float = 1e-2  # mask scores
+    gate_lr: float | None = None  # head/neuron gate scores [default: score_lr]
     score_init: str = "magnitude"  # "magnitude" (|W|, normalised) or "constant"
     head_lr: float = 1e-3  # the new task head
+    distill_from: str | None = None  # finished dense run whose logits teach the mask (distill.py)
+    distill_alpha: float = 0.5  # weight of the soft-target loss
+    distill_temperature: float = 2.0
     warmup_ratio: float = 0.1
     mask_pooler: bool = True
     seed: int = 42
@@ -136,12 +141,14 @@ def _logger(work: Path) -> logging.Logger:
     return log
 
 
-def _param_groups(model, method: Method, head_keys: set[str], cfg: PruneConfig) -> list[dict]:
-    """Optimizer groups: task head, mask scores, and (for tuning methods) the pretrained weights."""
-    head, scores, weights = [], [], []
+def _param_groups(model, method: Method, head_keys: set[str], gate_params: set[int], cfg: PruneConfig) -> list[dict]:
+    """Optimizer groups: task head, mask scores, gate scores, and (for tuning methods) the pretrained weights."""
+    head, scores, gates, weights = [], [], [], []
     for name, param in model.named_parameters():
         if name in head_keys:
             head.append(param)
+        elif id(param) in gate_params:
+            gates.append(param)
         elif name.endswith(".scores"):
             scores.append(param)
         elif method.trains_weights:
@@ -151,6 +158,8 @@ def _param_groups(model, method: Method, head_keys: set[str], cfg: PruneConfig) 
     groups = [{"params": head, "lr": cfg.head_lr, "weight_decay": 0.0}]
     if scores:
         groups.append({"params": scores, "lr": cfg.score_lr, "weight_decay": 0.0})
+    if gates:
+        groups.append({"params": gates, "lr": cfg.score_lr if cfg.gate_lr is None else cfg.gate_lr, "weight_decay": 0.0})
     if weights:
         groups.append({"params": weights, "lr": cfg.lr, "weight_decay": 0.01})
     return groups
@@ -190,6 +199,11 @@ def prune(cfg: PruneConfig) -> dict:
         raise AbpError("--inner-sparsity applies to --granularity hybrid only: drop it or use hybrid")
     if not 0.0 <= inner < 1.0:
         raise AbpError(f"--inner-sparsity {inner} is outside [0, 1): pass the fraction of kept units' weights to zero")
+    if cfg.gate_lr is not None and not gated_run:
+        raise AbpError("--gate-lr applies to gated granularities (head, neuron, structured, hybrid): drop it")
+    if not 0.0 <= cfg.distill_alpha <= 1.0 or cfg.distill_temperature <= 0:
+        raise AbpError(f"--distill-alpha {cfg.distill_alpha} / --distill-temperature {cfg.distill_temperature} out of "
+                       "range: alpha in [0, 1], temperature > 0")
     if gated_run and method.mask != "score":
         raise AbpError(f"--granularity {cfg.granularity} learns gates, which --method {method.name} has none of: "
                        "use --method abp or movement")
@@ -202,6 +216,7 @@ def prune(cfg: PruneConfig) -> dict:
     devs = {s: tokenize(load_split(task, s, cfg.data_dir, cfg.max_eval_samples), tokenizer, cfg.max_length)
             for s in task.dev_splits}
     model, new_keys = load_classifier(cfg.model, task)
+    teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
     base_hash = weights_hash(model)
     work = _prepare_work_dir(cfg, out) if accelerator.is_main_process else incomplete_dir(out)
     accelerator.wait_for_everyone()
@@ -213,12 +228,14 @@ def prune(cfg: PruneConfig) -> dict:
     if method.mask is not None and (hybrid or not gated_run):  # first, so masking's helpers find it at index 0
         attach(layers, method.mask, score_init=cfg.score_init, seed=cfg.seed)
     gated = attach_gates(model, cfg.granularity, cfg.score_init, seed=cfg.seed) if gated_run else {}
-    optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, cfg))
+    optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, {id(p) for p in gate_scores(gated)}, cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if teacher is not None:
+        teacher.to(accelerator.device)
 
     step = json.loads((work / CHECKPOINT / "step.json").read_text())["step"] if cfg.resume else 0
     pending_restore = cfg.resume
@@ -249,7 +266,13 @@ def prune(cfg: PruneConfig) -> dict:
                     set_keep_ratio(layers, 1.0 - cubic_sparsity(step, total, inner), cfg.scope)
                 elif method.mask is not None and not gated:
                     set_keep_ratio(layers, 1.0 - sparsity, cfg.scope)
-                loss = model(**batch).loss
+                outputs = model(**batch)
+                loss = outputs.loss
+                if teacher is not None:
+                    with torch.no_grad(), accelerator.autocast():
+                        teacher_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                    loss = distill_loss(outputs.logits, teacher_logits, batch["labels"], cfg.distill_alpha,
+                                        cfg.distill_temperature)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()

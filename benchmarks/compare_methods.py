@@ -28,6 +28,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["finetune", "abp", "magnitude", "movement"])
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--granularity", default="unstructured", help="mask granularity of the pruning methods")
+    parser.add_argument("--inner-sparsity", type=float, default=None, help="hybrid granularity only")
+    parser.add_argument("--gate-lr", type=float, default=None, help="gated granularities only")
+    parser.add_argument("--distill-from", default=None,
+                        help="teacher run folder of the pruning methods, {task} filled in, e.g. runs/{task}-finetune")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -48,6 +52,10 @@ def main() -> None:
                 pruning = method != "finetune"
                 cfg = PruneConfig(task=task, method=method, sparsity=args.sparsity if pruning else None,
                                   granularity=args.granularity if pruning else "unstructured",
+                                  inner_sparsity=args.inner_sparsity if pruning else None,
+                                  gate_lr=args.gate_lr if pruning else None,
+                                  distill_from=args.distill_from.format(task=task) if pruning and args.distill_from
+                                  else None,
                                   data_dir=data_dir, max_train_samples=args.steps * args.batch_size,
                                   max_eval_samples=args.max_eval_samples, max_steps=args.steps,
                                   batch_size=args.batch_size, max_length=args.max_length, seed=seed,

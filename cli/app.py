@@ -83,7 +83,13 @@ def prune(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (overrides epochs)."),
     lr: float = typer.Option(5e-5, help="Learning rate of pretrained weights (methods that train them)."),
     score_lr: float = typer.Option(1e-2, help="Learning rate of mask scores."),
+    gate_lr: Optional[float] = typer.Option(None, help="Learning rate of head/neuron gate scores "
+                                            "[default: --score-lr]."),
     head_lr: float = typer.Option(1e-3, help="Learning rate of the new task head."),
+    distill_from: Optional[Path] = typer.Option(None, help="A finished dense run (--method finetune) of the same task "
+                                                "whose logits teach the mask (knowledge distillation)."),
+    distill_alpha: float = typer.Option(0.5, help="Weight of the teacher's soft-target loss (1 - it: the labels)."),
+    distill_temperature: float = typer.Option(2.0, help="Softmax temperature of the soft targets."),
     score_init: str = typer.Option("magnitude", help="Initial mask scores: magnitude (|W|) or constant."),
     mask_pooler: bool = typer.Option(True, help="Also mask the pretrained pooler matrix."),
     seed: int = typer.Option(42),
@@ -102,7 +108,9 @@ def prune(
                       granularity=granularity, inner_sparsity=inner_sparsity, output=str(output),
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
-                      max_steps=max_steps, lr=lr, score_lr=score_lr, head_lr=head_lr, score_init=score_init, mask_pooler=mask_pooler,
+                      max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, head_lr=head_lr,
+                      distill_from=str(distill_from) if distill_from else None, distill_alpha=distill_alpha,
+                      distill_temperature=distill_temperature, score_init=score_init, mask_pooler=mask_pooler,
                       seed=seed, device=device, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
                       resume=resume, overwrite=overwrite, progress=progress)
     manifest = run_prune(cfg)
