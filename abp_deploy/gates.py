@@ -18,9 +18,11 @@ from torch.nn.utils import parametrize
 from abp_deploy.masking import _kth_largest_threshold, _topk_mask, straight_through_mask
 from abp_deploy.structure import encoder_layers
 
-GRANULARITIES = ("unstructured", "head", "neuron", "structured", "hybrid")
-# hybrid: structured gates plus the paper's unstructured mask inside the kept units (prune.py adds the latter)
+# block: the paper's mask on square tiles (masking.py); hybrid: structured gates plus the paper's
+# unstructured (or tiled) mask inside the kept units (prune.py adds the latter)
+GRANULARITIES = ("unstructured", "block", "head", "neuron", "structured", "hybrid")
 _KINDS = {"head": ("head",), "neuron": ("neuron",), "structured": ("head", "neuron"), "hybrid": ("head", "neuron")}
+GATED = tuple(_KINDS)
 
 
 class GateMask(nn.Module):

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from abp_deploy.errors import AbpError
+
 
 def straight_through_mask(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """Hard 0/1 mask `1[s ≥ τ]` in the forward pass, identity gradient to the scores in the backward.
@@ -23,21 +25,35 @@ def straight_through_mask(scores: torch.Tensor, threshold: torch.Tensor) -> torc
 
 
 class ScoreMask(nn.Module):
-    """Parametrization `W ↦ W ⊙ m(S)` with one learned real-valued score per weight."""
+    """Parametrization `W ↦ W ⊙ m(S)` with one learned real-valued score per weight, or per `block`² tile.
 
-    def __init__(self, weight: torch.Tensor, init: str, noise: float, generator: torch.Generator):
+    Tiles (block movement pruning, Lagunas et al. 2021) are the mask's unit for `block` > 1: the
+    scores, their ranking and the final mask live on the tile grid, and the forward pass expands them.
+    """
+
+    def __init__(self, weight: torch.Tensor, init: str, noise: float, generator: torch.Generator, block: int = 1):
         super().__init__()
+        rows, cols = weight.shape
+        self.block = block
         scores = initial_scores(weight, init)
+        if block > 1:  # a tile's score starts at its mean (|W| / mean |W| for magnitude)
+            scores = scores.reshape(rows // block, block, cols // block, block).mean(dim=(1, 3))
         # Tiny seeded noise breaks ties (all of them, for a constant init), so top-k picks are reproducible.
-        scores = scores + noise * torch.randn(weight.shape, generator=generator)
+        scores = scores + noise * torch.randn(scores.shape, generator=generator)
         self.scores = nn.Parameter(scores.to(weight.device))
         self.register_buffer("threshold", torch.tensor(float("-inf"), device=weight.device))
 
     def importance(self, weight: torch.Tensor) -> torch.Tensor:
         return self.scores
 
+    def expand(self, unit_mask: torch.Tensor) -> torch.Tensor:
+        """A mask over the scores' units (weights or tiles) as a mask over the weights."""
+        if self.block == 1:
+            return unit_mask
+        return unit_mask.repeat_interleave(self.block, 0).repeat_interleave(self.block, 1)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * straight_through_mask(self.scores, self.threshold).to(weight.dtype)
+        return weight * self.expand(straight_through_mask(self.scores, self.threshold)).to(weight.dtype)
 
 
 def initial_scores(weight: torch.Tensor, init: str) -> torch.Tensor:
@@ -64,17 +80,24 @@ class MagnitudeMask(nn.Module):
     def importance(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.abs()
 
+    def expand(self, unit_mask: torch.Tensor) -> torch.Tensor:
+        return unit_mask
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * (weight.abs() >= self.threshold).to(weight.dtype)
 
 
 def attach(layers: dict[str, nn.Linear], kind: str, score_init: str = "magnitude", noise: float = 1e-4,
-           seed: int = 0) -> None:
-    """Attach a `score` or `magnitude` mask to every layer, in a fixed (sorted) order for determinism."""
+           seed: int = 0, block: int = 1) -> None:
+    """Attach a `score` (per weight or per `block`² tile) or `magnitude` mask to every layer, in sorted order."""
     generator = torch.Generator().manual_seed(seed)
     for name in sorted(layers):
         layer = layers[name]
-        mask = ScoreMask(layer.weight, score_init, noise, generator) if kind == "score" else MagnitudeMask(layer.weight)
+        if block > 1 and any(d % block for d in layer.weight.shape):
+            raise AbpError(f"--block-size {block} does not divide {name} {tuple(layer.weight.shape)}: "
+                           "pick a block size that divides the hidden and FFN sizes")
+        mask = (ScoreMask(layer.weight, score_init, noise, generator, block) if kind == "score"
+                else MagnitudeMask(layer.weight))
         parametrize.register_parametrization(layer, "weight", mask)
 
 
@@ -94,7 +117,10 @@ def _kth_largest_threshold(values: torch.Tensor, keep: int) -> torch.Tensor:
 
 @torch.no_grad()
 def set_keep_ratio(layers: dict[str, nn.Linear], keep: float, scope: str) -> None:
-    """Set every mask's threshold so a fraction `keep` of weights survives, per matrix or globally."""
+    """Set every mask's threshold so a fraction `keep` of weights (or tiles) survives, per matrix or globally.
+
+    Tiles of one run are all the same size, so counting tiles counts weights.
+    """
     if scope == "per-matrix":
         for layer in layers.values():
             imp = _mask_module(layer).importance(_original(layer)).flatten()
@@ -111,14 +137,15 @@ def final_masks(layers: dict[str, nn.Linear], keep: float, scope: str) -> dict[s
     """Exact top-k boolean masks, so the achieved sparsity equals the target to within one weight."""
     imps = {n: _mask_module(l).importance(_original(l)).detach().float().cpu() for n, l in layers.items()}
     if scope == "per-matrix":
-        return {n: _topk_mask(v, round(keep * v.numel())) for n, v in imps.items()}
-    flat = torch.cat([v.flatten() for v in imps.values()])
-    mask = _topk_mask(flat, round(keep * flat.numel()))
-    out, start = {}, 0
-    for n, v in imps.items():
-        out[n] = mask[start:start + v.numel()].view_as(v)
-        start += v.numel()
-    return out
+        units = {n: _topk_mask(v, round(keep * v.numel())) for n, v in imps.items()}
+    else:
+        flat = torch.cat([v.flatten() for v in imps.values()])
+        mask = _topk_mask(flat, round(keep * flat.numel()))
+        units, start = {}, 0
+        for n, v in imps.items():
+            units[n] = mask[start:start + v.numel()].view_as(v)
+            start += v.numel()
+    return {n: _mask_module(layers[n]).expand(m) for n, m in units.items()}
 
 
 def _topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from abp_deploy.data import load_split, tokenize
 from abp_deploy.errors import AbpError
 from abp_deploy.evaluation import dev_loader, evaluate
 from abp_deploy.distill import distill_loss, load_teacher
-from abp_deploy.gates import GRANULARITIES, attach_gates, final_gate_masks, gate_scores, set_gate_keep_ratio
+from abp_deploy.gates import GATED, GRANULARITIES, attach_gates, final_gate_masks, gate_scores, set_gate_keep_ratio
 from abp_deploy.masking import attach, cubic_sparsity, detach_masks, final_masks, set_keep_ratio
 from abp_deploy.methods import Method, get_method
 from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, prunable_linears, weights_hash
@@ -55,6 +55,7 @@ class PruneConfig:
     scope: str = "per-matrix"  # top-k per matrix, or "global" across all masked matrices
     granularity: str = "unstructured"  # or head / neuron / structured (head + neuron gates) / hybrid, see gates.py
     inner_sparsity: float | None = None  # hybrid only: unstructured sparsity inside the kept units [default 0.3]
+    block_size: int | None = None  # tile side of the fine mask: block [default 32] and hybrid [default 1] only
     output: str = "runs/abp"
     data_dir: str | None = None
     max_train_samples: int | None = None
@@ -93,6 +94,17 @@ def resolved_sparsity(cfg: PruneConfig, method: Method) -> float:
     if not 0.0 <= sparsity < 1.0:
         raise AbpError(f"--sparsity {sparsity} is outside [0, 1): pass the fraction of weights to zero, e.g. 0.5")
     return sparsity
+
+
+def resolved_block_size(cfg: PruneConfig) -> int:
+    """Tile side of the fine mask: 32 for block, 1 (single weights) for hybrid unless set; refused elsewhere."""
+    if cfg.block_size is None:
+        return 32 if cfg.granularity == "block" else 1
+    if cfg.granularity not in ("block", "hybrid"):
+        raise AbpError(f"--block-size applies to --granularity block or hybrid, not {cfg.granularity}: drop it")
+    if cfg.block_size < 1:
+        raise AbpError(f"--block-size {cfg.block_size} must be a positive tile side, e.g. 32")
+    return cfg.block_size
 
 
 def _accelerator(cfg: PruneConfig) -> Accelerator:
@@ -192,8 +204,9 @@ def prune(cfg: PruneConfig) -> dict:
         raise AbpError(f"--scope {cfg.scope} is unknown: choose per-matrix or global")
     if cfg.granularity not in GRANULARITIES:
         raise AbpError(f"--granularity {cfg.granularity} is unknown: choose {', '.join(GRANULARITIES)}")
-    gated_run = cfg.granularity != "unstructured"
+    gated_run = cfg.granularity in GATED
     hybrid = cfg.granularity == "hybrid"
+    block = resolved_block_size(cfg)
     inner = (0.3 if cfg.inner_sparsity is None else cfg.inner_sparsity) if hybrid else 0.0
     if cfg.inner_sparsity is not None and not hybrid:
         raise AbpError("--inner-sparsity applies to --granularity hybrid only: drop it or use hybrid")
@@ -204,8 +217,8 @@ def prune(cfg: PruneConfig) -> dict:
     if not 0.0 <= cfg.distill_alpha <= 1.0 or cfg.distill_temperature <= 0:
         raise AbpError(f"--distill-alpha {cfg.distill_alpha} / --distill-temperature {cfg.distill_temperature} out of "
                        "range: alpha in [0, 1], temperature > 0")
-    if gated_run and method.mask != "score":
-        raise AbpError(f"--granularity {cfg.granularity} learns gates, which --method {method.name} has none of: "
+    if cfg.granularity != "unstructured" and method.mask != "score":
+        raise AbpError(f"--granularity {cfg.granularity} learns scores, which --method {method.name} has none of: "
                        "use --method abp or movement")
     out = Path(cfg.output)
     accelerator = _accelerator(cfg)
@@ -218,16 +231,16 @@ def prune(cfg: PruneConfig) -> dict:
     model, new_keys = load_classifier(cfg.model, task)
     teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
     base_hash = weights_hash(model)
-    work = _prepare_work_dir(cfg, out) if accelerator.is_main_process else incomplete_dir(out)
-    accelerator.wait_for_everyone()
-    log = _logger(work)
-
     head_keys = new_keys  # weights the checkpoint lacked are the new task head
     pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
     layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
     if method.mask is not None and (hybrid or not gated_run):  # first, so masking's helpers find it at index 0
-        attach(layers, method.mask, score_init=cfg.score_init, seed=cfg.seed)
+        attach(layers, method.mask, score_init=cfg.score_init, seed=cfg.seed, block=block)
     gated = attach_gates(model, cfg.granularity, cfg.score_init, seed=cfg.seed) if gated_run else {}
+    work = _prepare_work_dir(cfg, out) if accelerator.is_main_process else incomplete_dir(out)
+    accelerator.wait_for_everyone()
+    log = _logger(work)
+
     optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, {id(p) for p in gate_scores(gated)}, cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
@@ -338,6 +351,7 @@ def prune(cfg: PruneConfig) -> dict:
             "sparsity": achieved,
             "mask_sparsity": mask_zeros,
             "inner_sparsity": inner,
+            "block_size": block,
             "sparsity_per_matrix": per_matrix,
             "structure": structure,
             "masked_weights": int(sum(m.numel() for m in masks.values())),

@@ -68,11 +68,13 @@ def prune(
     sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights set to zero [default: 0.5; "
                                              "0 for finetune]."),
     scope: str = typer.Option("per-matrix", help="Top-k per weight matrix, or 'global' across all matrices."),
-    granularity: str = typer.Option("unstructured", help="unstructured (the paper), head, neuron, structured "
-                                    "(head + neuron gates; sparsity = fraction of encoder weights removed), or hybrid "
-                                    "(structured + unstructured inside the kept units)."),
+    granularity: str = typer.Option("unstructured", help="unstructured (the paper), block (square tiles), head, "
+                                    "neuron, structured (head + neuron gates; sparsity = fraction of encoder weights "
+                                    "removed), or hybrid (structured + unstructured inside the kept units)."),
     inner_sparsity: Optional[float] = typer.Option(None, help="hybrid: unstructured sparsity inside kept units "
                                                    "[default: 0.3]."),
+    block_size: Optional[int] = typer.Option(None, help="Tile side of the mask: block [default: 32], hybrid "
+                                             "[default: 1, single weights]."),
     output: Path = typer.Option(Path("runs/abp"), "--output", "-o", help="Run folder to create."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (DIR/QNLI/train.tsv, dev.tsv)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Subsample the train split (fixed seed)."),
@@ -105,7 +107,8 @@ def prune(
     from abp_deploy.prune import prune as run_prune
 
     cfg = PruneConfig(task=task, model=model, method=method, sparsity=sparsity, scope=scope,
-                      granularity=granularity, inner_sparsity=inner_sparsity, output=str(output),
+                      granularity=granularity, inner_sparsity=inner_sparsity, block_size=block_size,
+                      output=str(output),
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
                       max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, head_lr=head_lr,
@@ -257,7 +260,8 @@ def run_main_job(
     model: str = typer.Option("minilm-l6", help="Hub id, local save_pretrained folder, or 'minilm-l6' (packaged)."),
     method: str = typer.Option("abp", help="Pruning method of the task model (abp, movement, magnitude)."),
     sparsity: float = typer.Option(0.5, help="Fraction of prunable weights set to zero."),
-    granularity: str = typer.Option("unstructured", help="unstructured, head, neuron or structured (see prune)."),
+    granularity: str = typer.Option("unstructured", help="unstructured, block, head, neuron, structured or "
+                                    "hybrid (see prune)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (for GLUE tasks)."),
     max_steps: int = typer.Option(150, help="Optimizer steps of each prune/fine-tune run."),
     batch_size: int = typer.Option(32),

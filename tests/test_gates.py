@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from abp_deploy.artifacts import MASK_FILE, load_mask
 from abp_deploy.bake_run import bake_run
 from abp_deploy.errors import AbpError
 from abp_deploy.gates import attach_gates, final_gate_masks, set_gate_keep_ratio
@@ -54,8 +56,8 @@ def test_gated_run_is_deterministic_for_a_seed(tiny_prune_config, tmp_path):
 def test_gates_need_a_learned_mask_method(tiny_prune_config):
     with pytest.raises(AbpError, match="use --method abp or movement"):
         prune(dataclasses.replace(tiny_prune_config, method="magnitude", granularity="head"))
-    with pytest.raises(AbpError, match="--granularity block is unknown"):
-        prune(dataclasses.replace(tiny_prune_config, granularity="block"))
+    with pytest.raises(AbpError, match="--granularity tile is unknown"):
+        prune(dataclasses.replace(tiny_prune_config, granularity="tile"))
 
 
 def test_flops_accounting_matches_a_hand_count_after_cutting_heads(tiny_classifier):
@@ -83,3 +85,23 @@ def test_hybrid_run_cuts_the_structure_budget_and_masks_inside_what_survives(tin
 def test_inner_sparsity_is_refused_outside_hybrid(tiny_prune_config):
     with pytest.raises(AbpError, match="--inner-sparsity applies to --granularity hybrid only"):
         prune(dataclasses.replace(tiny_prune_config, granularity="structured", inner_sparsity=0.3))
+
+
+def test_block_mask_zeros_whole_tiles_at_the_target(tiny_prune_config, tmp_path):
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity="block", block_size=8, sparsity=0.5,
+                                         max_steps=6))
+    assert manifest["block_size"] == 8 and manifest["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    for name, mask in load_mask(Path(tiny_prune_config.output) / MASK_FILE).items():
+        rows, cols = mask.shape
+        tiles = mask.reshape(rows // 8, 8, cols // 8, 8).float().mean(dim=(1, 3))
+        assert bool(((tiles == 0) | (tiles == 1)).all()), name  # every 8×8 tile is all kept or all zero
+    bake_run(tiny_prune_config.output, tmp_path / "baked")  # raises if logits moved by > 1e-4
+
+
+def test_block_size_that_does_not_divide_the_matrices_is_refused(tiny_prune_config):
+    with pytest.raises(AbpError, match="--block-size 5 does not divide"):
+        prune(dataclasses.replace(tiny_prune_config, granularity="block", block_size=5))
+    with pytest.raises(AbpError, match="--block-size applies to --granularity block or hybrid"):
+        prune(dataclasses.replace(tiny_prune_config, block_size=8))
+    assert not Path(tiny_prune_config.output).exists()
+    assert not Path(tiny_prune_config.output + ".incomplete").exists()
