@@ -42,6 +42,9 @@ CHECKPOINT = "checkpoint"
 RUN_CONFIG = "prune_config.json"
 # Settings that may differ between an interrupted run and its --resume.
 _RESUME_FREE = {"resume", "overwrite", "progress", "checkpoint_every"}
+# Gates are few (one per head or neuron) and each sums many weights' gradients, yet they learned best
+# at 5x the weight scores' rate: +4.0 pt (structured 50%) and +1.0 pt (hybrid 70%), benchmarks/RESULTS.md.
+DEFAULT_GATE_LR = 5e-2
 
 
 @dataclass
@@ -67,7 +70,7 @@ class PruneConfig:
     max_steps: int | None = None
     lr: float = 5e-5  # pretrained weights (methods that train them)
     score_lr: float = 1e-2  # mask scores
-    gate_lr: float | None = None  # head/neuron gate scores [default: score_lr]
+    gate_lr: float | None = None  # head/neuron gate scores [default: DEFAULT_GATE_LR]
     score_init: str = "magnitude"  # "magnitude" (|W|, normalised) or "constant"
     head_lr: float = 1e-3  # the new task head
     distill_from: str | None = None  # finished dense run whose logits teach the mask (distill.py)
@@ -171,7 +174,8 @@ def _param_groups(model, method: Method, head_keys: set[str], gate_params: set[i
     if scores:
         groups.append({"params": scores, "lr": cfg.score_lr, "weight_decay": 0.0})
     if gates:
-        groups.append({"params": gates, "lr": cfg.score_lr if cfg.gate_lr is None else cfg.gate_lr, "weight_decay": 0.0})
+        groups.append({"params": gates, "lr": DEFAULT_GATE_LR if cfg.gate_lr is None else cfg.gate_lr,
+                       "weight_decay": 0.0})
     if weights:
         groups.append({"params": weights, "lr": cfg.lr, "weight_decay": 0.01})
     return groups
@@ -352,6 +356,7 @@ def prune(cfg: PruneConfig) -> dict:
             "mask_sparsity": mask_zeros,
             "inner_sparsity": inner,
             "block_size": block,
+            "gate_lr": (DEFAULT_GATE_LR if cfg.gate_lr is None else cfg.gate_lr) if gated_run else None,
             "sparsity_per_matrix": per_matrix,
             "structure": structure,
             "masked_weights": int(sum(m.numel() for m in masks.values())),

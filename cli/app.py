@@ -86,7 +86,7 @@ def prune(
     lr: float = typer.Option(5e-5, help="Learning rate of pretrained weights (methods that train them)."),
     score_lr: float = typer.Option(1e-2, help="Learning rate of mask scores."),
     gate_lr: Optional[float] = typer.Option(None, help="Learning rate of head/neuron gate scores "
-                                            "[default: --score-lr]."),
+                                            "[default: 0.05]."),
     head_lr: float = typer.Option(1e-3, help="Learning rate of the new task head."),
     distill_from: Optional[Path] = typer.Option(None, help="A finished dense run (--method finetune) of the same task "
                                                 "whose logits teach the mask (knowledge distillation)."),
