@@ -56,7 +56,7 @@ class PruneConfig:
     method: str = "abp"
     sparsity: float | None = None  # None: 0.5 for pruning methods, 0 for finetune
     scope: str = "per-matrix"  # top-k per matrix, or "global" across all masked matrices
-    granularity: str = "unstructured"  # or head / neuron / structured (head + neuron gates) / hybrid, see gates.py
+    granularity: str = "unstructured"  # or block / head / neuron / structured / hybrid, see gates.py
     inner_sparsity: float | None = None  # hybrid only: unstructured sparsity inside the kept units [default 0.3]
     block_size: int | None = None  # tile side of the fine mask: block [default 32] and hybrid [default 1] only
     output: str = "runs/abp"
@@ -130,7 +130,9 @@ def _prepare_work_dir(cfg: PruneConfig, out: Path) -> Path:
         if not (work / CHECKPOINT).is_dir():
             raise AbpError(f"nothing to resume at {work}: run without --resume to start a new run")
         old = json.loads(saved.read_text())
-        changed = [k for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE and old.get(k) != v]
+        defaults = dataclasses.asdict(PruneConfig())  # a setting newer than the interrupted run had its default
+        changed = [k for k, v in dataclasses.asdict(cfg).items()
+                   if k not in _RESUME_FREE and old.get(k, defaults[k]) != v]
         if changed:
             raise AbpError(f"--resume with settings that differ from the interrupted run ({', '.join(changed)}): "
                            "resume with the original settings or start over with --overwrite")
