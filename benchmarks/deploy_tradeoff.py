@@ -27,10 +27,11 @@ from abp_deploy.export_run import export_model  # noqa: E402
 
 
 def label(manifest: dict) -> str:
-    """dense, or method-granularity-sparsity, e.g. abp-structured-50."""
+    """dense, or method-granularity[-kd]-sparsity, e.g. abp-structured-50 (kd: distilled from a teacher run)."""
     if manifest["method"] == "finetune":
         return "dense"
-    return f"{manifest['method']}-{manifest.get('granularity', 'unstructured')}-{round(manifest['sparsity'] * 100)}"
+    kd = "-kd" if manifest["config"].get("distill_from") else ""
+    return f"{manifest['method']}-{manifest.get('granularity', 'unstructured')}{kd}-{round(manifest['sparsity'] * 100)}"
 
 
 def curve(results: dict[str, dict], path: Path) -> None:
@@ -40,8 +41,8 @@ def curve(results: dict[str, dict], path: Path) -> None:
         series = defaultdict(list)
         for row in result["artifacts"]:
             q = next(c for c in row["vs_baseline"]["latency"] if c["batch"] == 1)
-            parts = row["name"].split("-")  # dense-O2, or method-granularity-percent-precision
-            family = "dense" if parts[0] == "dense" else f"{parts[0]} {parts[1]}"
+            parts = row["name"].split("-")  # dense-O2, or method-granularity[-kd]-percent-precision
+            family = "dense" if parts[0] == "dense" else " ".join(parts[:-2])
             series[(family, parts[-1])].append((q["speedup_p50"], next(iter(row["accuracy"].values()))["score"] * 100))
         for (family, precision), points in sorted(series.items()):
             xs, ys = zip(*sorted(points))
