@@ -110,6 +110,11 @@ def resolved_block_size(cfg: PruneConfig) -> int:
     return cfg.block_size
 
 
+def resolved_gate_lr(cfg: PruneConfig) -> float:
+    """The gates' learning rate: the user's, or DEFAULT_GATE_LR."""
+    return DEFAULT_GATE_LR if cfg.gate_lr is None else cfg.gate_lr
+
+
 def _accelerator(cfg: PruneConfig) -> Accelerator:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise AbpError(f"--device {cfg.device} is unknown: choose auto, cpu or cuda")
@@ -176,8 +181,7 @@ def _param_groups(model, method: Method, head_keys: set[str], gate_params: set[i
     if scores:
         groups.append({"params": scores, "lr": cfg.score_lr, "weight_decay": 0.0})
     if gates:
-        groups.append({"params": gates, "lr": DEFAULT_GATE_LR if cfg.gate_lr is None else cfg.gate_lr,
-                       "weight_decay": 0.0})
+        groups.append({"params": gates, "lr": resolved_gate_lr(cfg), "weight_decay": 0.0})
     if weights:
         groups.append({"params": weights, "lr": cfg.lr, "weight_decay": 0.01})
     return groups
@@ -358,7 +362,7 @@ def prune(cfg: PruneConfig) -> dict:
             "mask_sparsity": mask_zeros,
             "inner_sparsity": inner,
             "block_size": block,
-            "gate_lr": (DEFAULT_GATE_LR if cfg.gate_lr is None else cfg.gate_lr) if gated_run else None,
+            "gate_lr": resolved_gate_lr(cfg) if gated_run else None,
             "sparsity_per_matrix": per_matrix,
             "structure": structure,
             "masked_weights": int(sum(m.numel() for m in masks.values())),

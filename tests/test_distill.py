@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from abp_deploy.artifacts import MASK_FILE, load_mask
 from abp_deploy.distill import distill_loss
 from abp_deploy.errors import AbpError
 from abp_deploy.gates import attach_gates, final_gate_masks
-from abp_deploy.artifacts import MASK_FILE, load_mask
 from abp_deploy.prune import prune
 
 
@@ -42,7 +42,7 @@ def test_missing_teacher_is_a_clear_error_before_any_folder(tiny_prune_config, t
 
 
 def test_gate_lr_is_the_gates_own_learning_rate(tiny_prune_config, tiny_classifier):
-    """gate_lr 0 with a live score_lr: the gates stay at their magnitude ranking, the inner mask still learns."""
+    """gate_lr 0 with a live score_lr: the gates stay at their magnitude ranking; the inner mask lies within them."""
     run = dataclasses.replace(tiny_prune_config, granularity="hybrid", sparsity=0.5, gate_lr=0.0, score_lr=0.1)
     prune(run)
     expected = final_gate_masks(attach_gates(tiny_classifier, "structured", seed=run.seed), keep=0.5)
