@@ -43,7 +43,7 @@ RUN_CONFIG = "prune_config.json"
 # Settings that may differ between an interrupted run and its --resume.
 _RESUME_FREE = {"resume", "overwrite", "progress", "checkpoint_every"}
 # Gates are few (one per head or neuron) and each sums many weights' gradients, yet they learned best
-# at 5x the weight scores' rate: +4.0 pt (structured 50%) and +1.0 pt (hybrid 70%), benchmarks/RESULTS.md.
+# at 5x the weight scores' rate: +4.0 pt (structured 50%) and +0.9 pt (hybrid 70%), benchmarks/RESULTS.md.
 DEFAULT_GATE_LR = 5e-2
 
 
