@@ -14,14 +14,13 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from abp_deploy.apply import load_run_model
 from abp_deploy.errors import AbpError
 from abp_deploy.tasks import TaskSpec
 
 
 def load_teacher(run_dir: str | Path, task: TaskSpec, tokenizer) -> PreTrainedModel:
     """The model of a finished run, checked to answer the same task with the same tokens as the student."""
-    from abp_deploy.apply import load_run_model
-
     if not Path(run_dir).is_dir():
         raise AbpError(f"--distill-from {run_dir} is not a folder: pass a finished prune run (e.g. --method finetune)")
     teacher, teacher_tokenizer, teacher_task, _ = load_run_model(run_dir)
