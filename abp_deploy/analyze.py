@@ -8,7 +8,6 @@ whatever differs between them: task (multi-task sharing over one backbone), meth
 from __future__ import annotations
 
 import json
-import re
 from itertools import combinations
 from pathlib import Path
 
@@ -24,34 +23,34 @@ from abp_deploy.artifacts import MASK_FILE, load_mask, read_manifest  # noqa: E4
 from abp_deploy.atomic import atomic_dir  # noqa: E402
 from abp_deploy.errors import AbpError  # noqa: E402
 from abp_deploy.models import resolve_model  # noqa: E402
+from abp_deploy.units import UNIT_KINDS, split_matrix_name, unit_status  # noqa: E402
 
-MATRIX_TYPES = ("query", "key", "value", "attention.output", "intermediate", "output")
-_NAME = re.compile(r"encoder\.layer\.(\d+)\.(attention\.self\.query|attention\.self\.key|attention\.self\.value|"
-                   r"attention\.output\.dense|intermediate\.dense|output\.dense)$")
-_TYPE = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
-         "attention.output.dense": "attention.output", "intermediate.dense": "intermediate", "output.dense": "output"}
+# Matrix types by their layer-relative names (units.py names them the same way).
+MATRIX_TYPES = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+                "attention.output.dense": "attention.output", "intermediate.dense": "intermediate",
+                "output.dense": "output"}
 JSON_FILE = "analyze.json"
 PLOTS = ("sparsity_by_layer_and_type.png", "surviving_heads_and_neurons.png", "overlap.png")
 
 
 def _layer_masks(masks: dict[str, torch.Tensor], layers: int) -> list[dict[str, torch.Tensor]]:
-    """Per layer, matrix type -> mask (a matrix the run did not mask counts as all kept)."""
+    """Per layer, layer-relative matrix name -> mask (encoder matrices only)."""
     out: list[dict[str, torch.Tensor]] = [{} for _ in range(layers)]
     for name, mask in masks.items():
-        match = _NAME.search(name)
-        if match:
-            out[int(match.group(1))][_TYPE[match.group(2)]] = mask
+        where = split_matrix_name(name)
+        if where is not None and where[1] in MATRIX_TYPES:
+            out[where[0]][where[1]] = mask
     return out
 
 
-def _survivors(per_layer: list[dict[str, torch.Tensor]], heads: int) -> tuple[list[list[bool]], list[list[bool]]]:
-    """Alive heads (value rows and output columns not all zero) and FFN neurons (input row and output column)."""
-    alive_heads, alive_neurons = [], []
-    for m in per_layer:
-        o, v = m["attention.output"], m["value"]
-        alive_heads.append((o.t().reshape(heads, -1).any(1) & v.reshape(heads, -1).any(1)).tolist())
-        alive_neurons.append((m["output"].any(0) & m["intermediate"].any(1)).tolist())
-    return alive_heads, alive_neurons
+def _survivors(per_layer: list[dict[str, torch.Tensor]], widths: dict[str, int]) -> dict[str, list[list[bool]]]:
+    """Alive units per kind and layer: output slice and source rows both keep a weight (the structure map's rule)."""
+    alive: dict[str, list[list[bool]]] = {kind.name: [] for kind in UNIT_KINDS.values()}
+    for masks in per_layer:
+        for kind in UNIT_KINDS.values():
+            out_ok, source_ok = unit_status(kind, masks.__getitem__, widths[kind.name])
+            alive[kind.name].append((out_ok & source_ok).tolist())
+    return alive
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,14 +66,16 @@ def _run_summary(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     masks = load_mask(run_dir / MASK_FILE)
     per_layer = _layer_masks(masks, config.num_hidden_layers)
     for layer in per_layer:  # gated runs mask only some matrices: the others are entirely kept
-        for kind, shape in _shapes(config).items():
-            layer.setdefault(kind, torch.ones(shape, dtype=torch.bool))
-    heads, neurons = _survivors(per_layer, config.num_attention_heads)
+        for name, shape in _shapes(config).items():
+            layer.setdefault(name, torch.ones(shape, dtype=torch.bool))
+    alive = _survivors(per_layer, {"head": config.hidden_size // config.num_attention_heads, "neuron": 1})
+    heads, neurons = alive["head"], alive["neuron"]
     summary = {
         "run": str(run_dir), "task": manifest["task"], "method": manifest["method"],
         "granularity": manifest.get("granularity", "unstructured"), "seed": manifest["seed"],
         "base_model_sha256": manifest["base_model_sha256"], "sparsity": manifest["sparsity"],
-        "sparsity_by_layer_and_type": [{t: round(1 - layer[t].float().mean().item(), 6) for t in MATRIX_TYPES}
+        "sparsity_definition": manifest.get("sparsity_definition", "masked_weights_zero"),
+        "sparsity_by_layer_and_type": [{t: round(1 - layer[n].float().mean().item(), 6) for n, t in MATRIX_TYPES.items()}
                                        for layer in per_layer],
         "heads_alive": [sum(h) for h in heads], "neurons_alive": [sum(n) for n in neurons],
         "_heads": heads, "_neurons": neurons,
@@ -84,8 +85,8 @@ def _run_summary(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _shapes(config) -> dict[str, tuple[int, int]]:
     h, f = config.hidden_size, config.intermediate_size
-    return {"query": (h, h), "key": (h, h), "value": (h, h), "attention.output": (h, h), "intermediate": (f, h),
-            "output": (h, f)}
+    return {"attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
+            "attention.output.dense": (h, h), "intermediate.dense": (f, h), "output.dense": (h, f)}
 
 
 def analyze(run_dirs: list[str | Path]) -> dict:
@@ -119,10 +120,10 @@ def _plot_sparsity(result: dict, path: Path) -> None:
     runs = result["runs"]
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.6), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        grid = np.array([[layer[t] for t in MATRIX_TYPES] for layer in run["sparsity_by_layer_and_type"]])
+        grid = np.array([[layer[t] for t in MATRIX_TYPES.values()] for layer in run["sparsity_by_layer_and_type"]])
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set(xticks=range(len(MATRIX_TYPES)), yticks=range(len(grid)), ylabel="layer", title=run["label"])
-        ax.set_xticklabels(MATRIX_TYPES, rotation=45, ha="right", fontsize=7)
+        ax.set_xticklabels(list(MATRIX_TYPES.values()), rotation=45, ha="right", fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), label="sparsity")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from abp_deploy.atomic import incomplete_dir, write_json
 from abp_deploy.errors import AbpError
 
 MASK_FILE, HEAD_FILE, WEIGHTS_FILE, MANIFEST_FILE, LOG_FILE = (
@@ -77,10 +77,7 @@ def file_sha256(path: Path) -> str:
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     """Write the manifest last, with the sha256 of every artefact file, so a complete run is detectable."""
     files = [p for p in (MASK_FILE, HEAD_FILE, WEIGHTS_FILE) if (run_dir / p).exists()]
-    manifest = {**manifest, "files": {p: file_sha256(run_dir / p) for p in files}}
-    tmp = run_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
-    tmp.replace(run_dir / MANIFEST_FILE)
+    write_json(run_dir / MANIFEST_FILE, {**manifest, "files": {p: file_sha256(run_dir / p) for p in files}})
 
 
 def read_manifest(run_dir: Path, verify_files: bool = True) -> dict:
@@ -100,17 +97,3 @@ def read_manifest(run_dir: Path, verify_files: bool = True) -> dict:
             if not f.is_file() or file_sha256(f) != digest:
                 raise AbpError(f"{f} is missing or changed since the run finished (sha256 mismatch): re-run abp-deploy prune")
     return manifest
-
-
-def incomplete_dir(out_dir: Path) -> Path:
-    """Where a run works until it is finished and renamed to `out_dir`."""
-    return out_dir.with_name(out_dir.name + ".incomplete")
-
-
-def finish(work_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    """Move a finished work folder into place (replacing an old run only when asked)."""
-    if out_dir.exists():
-        if not overwrite:
-            raise AbpError(f"{out_dir} already exists: pass --overwrite or choose another --output")
-        shutil.rmtree(out_dir)
-    work_dir.replace(out_dir)

@@ -9,6 +9,7 @@ every `from_pretrained`) and `abp_intermediate_sizes` (the FFN width of each lay
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 from abp_deploy.atomic import atomic_dir
 from abp_deploy.errors import AbpError
 from abp_deploy.structure import KEPT_AS_ZERO, count_params_and_flops, encoder_layers, find_dead_structure
+from abp_deploy.units import HEAD, NEURON, UnitKind, owned_positions
 
 SUMMARY_FILE = "bake_summary.json"
 FFN_SIZES_KEY = "abp_intermediate_sizes"
@@ -58,42 +60,29 @@ def _fold_constants(out: nn.Linear, columns: torch.Tensor, constant: torch.Tenso
     out.weight[:, kept] = 0
 
 
-def _head_columns(heads: list[int], head_size: int) -> torch.Tensor:
-    """Positions of the given heads' features in the concatenated head dimension."""
-    return torch.tensor([h * head_size + k for h in sorted(heads) for k in range(head_size)], dtype=torch.long)
+def _fold_dead(layer: nn.Module, kind: UnitKind, dead: dict[int, str], constant: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Fold the dead units' constant output into the bias of their output matrix; zero a kept-as-zero unit.
 
-
-def _fold_dead_heads(attention: nn.Module, dead: dict[int, str]) -> None:
-    """Fold dead heads' constant output into the attention output bias; zero a kept-as-zero head.
-
-    A value_zero head has V = b_v at every position, and each softmax row sums to one, so its
-    context is exactly b_v whatever it attends to (in eval mode, without a head_mask).
+    A dead unit with a live output slice has an all-zero source (a head's value rows, a neuron's
+    input row), so it feeds `constant(source bias)` into the output matrix at every token: for a
+    head the value bias (each softmax row sums to one, in eval mode without a head_mask), for a
+    neuron act(bias).
     """
-    size = attention.self.attention_head_size
-    columns = _head_columns(list(dead), size)
-    kept = _head_columns([h for h, why in dead.items() if why == KEPT_AS_ZERO], size)
-    _fold_constants(attention.output.dense, columns, attention.self.value.bias[columns], kept)
-
-
-def _fold_dead_neurons(layer: nn.Module, dead: dict[int, str]) -> None:
-    """Fold dead FFN neurons' constant output into the FFN output bias; zero a kept-as-zero neuron.
-
-    An in_zero neuron's pre-activation is its bias b at every position, so it outputs act(b).
-    """
-    columns = torch.tensor(sorted(dead), dtype=torch.long)
-    kept = torch.tensor([i for i, why in dead.items() if why == KEPT_AS_ZERO], dtype=torch.long)
-    constant = layer.intermediate.intermediate_act_fn(layer.intermediate.dense.bias[columns])
-    _fold_constants(layer.output.dense, columns, constant, kept)
+    width = kind.width(layer)
+    columns = owned_positions(sorted(dead), width)
+    kept = owned_positions([u for u, why in dead.items() if why == KEPT_AS_ZERO], width)
+    _fold_constants(layer.get_submodule(kind.output), columns, constant(layer.get_submodule(kind.source).bias[columns]),
+                    kept)
 
 
 def _cut_neurons(layer: nn.Module, removed: list[int]) -> None:
-    """Drop FFN neurons: rows of the input Linear and the matching columns of the output Linear."""
+    """Drop FFN neurons: their rows of the input matrices and columns of the output matrix (the structure map's)."""
     if not removed:
         return
-    width = layer.intermediate.dense.out_features
-    keep = torch.tensor(sorted(set(range(width)) - set(removed)), dtype=torch.long)
-    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-    layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    keep = owned_positions(sorted(set(range(NEURON.count(layer))) - set(removed)), NEURON.width(layer))
+    for name, dim in [(n, 0) for n in NEURON.inputs] + [(NEURON.output, 1)]:
+        parent, _, attr = name.rpartition(".")
+        setattr(layer.get_submodule(parent), attr, prune_linear_layer(layer.get_submodule(name), keep, dim=dim))
 
 
 def _original_head_ids(model: PreTrainedModel, layer: nn.Module) -> list[int]:
@@ -112,8 +101,8 @@ def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
     dead = find_dead_structure(model)
     heads_to_prune = {}
     for index, (layer, layer_dead) in enumerate(zip(encoder_layers(model), dead.layers)):
-        _fold_dead_heads(layer.attention, layer_dead.heads)
-        _fold_dead_neurons(layer, layer_dead.neurons)
+        _fold_dead(layer, HEAD, layer_dead.heads, lambda value_bias: value_bias)
+        _fold_dead(layer, NEURON, layer_dead.neurons, layer.intermediate.intermediate_act_fn)
         _cut_neurons(layer, layer_dead.removable_neurons)
         if layer_dead.removable_heads:
             ids = _original_head_ids(model, layer)

@@ -48,7 +48,7 @@ def _verify_batch(provenance: dict, data_dir: str | None, tokenizer) -> tuple[di
 
 def _from_baked(path: Path, data_dir: str | None) -> ExportSource:
     """A folder written by `abp-deploy bake`."""
-    model = load_baked(path)
+    model = load_baked(path, attn_implementation="eager")  # the graph onnxruntime fuses
     provenance = getattr(model.config, "abp_provenance", None)
     if not provenance:
         raise AbpError(f"{path} has no abp_provenance in its config.json: pass a folder written by abp-deploy bake")

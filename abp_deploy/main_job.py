@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from abp_deploy.artifacts import MANIFEST_FILE, incomplete_dir
+from abp_deploy.artifacts import MANIFEST_FILE
+from abp_deploy.atomic import check_output_path, incomplete_dir, read_json, refuse_existing, write_json
 from abp_deploy.bake import SUMMARY_FILE
 from abp_deploy.bake_run import bake_run
 from abp_deploy.bench import BenchConfig, bench
@@ -24,7 +25,8 @@ from abp_deploy.errors import AbpError
 from abp_deploy.export_run import export_model
 from abp_deploy.exporters.pipeline import REPORT_FILE
 from abp_deploy.models import DEFAULT_MODEL
-from abp_deploy.prune import CHECKPOINT, PruneConfig, prune
+from abp_deploy.checkpoints import CHECKPOINT
+from abp_deploy.prune import PruneConfig, prune
 
 JOB_FILE = "job.json"
 BASELINE = "dense"
@@ -56,13 +58,18 @@ class JobConfig:
 
 
 def _check_job_file(out: Path, cfg: JobConfig, overwrite: bool) -> None:
-    """Start fresh, or continue a folder made by the same settings; never mix two configurations."""
+    """Start fresh, or continue a folder made by the same settings; never mix two configurations.
+
+    `overwrite` deletes only a folder abp-deploy wrote, and never the working directory or a parent of it.
+    """
+    check_output_path(out)
     if overwrite and out.exists():
+        refuse_existing(out, overwrite=True)
         shutil.rmtree(out)
     saved = out / JOB_FILE
     current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as stored
     if saved.is_file():
-        old = json.loads(saved.read_text())
+        old = read_json(saved, "start afresh with --overwrite")
         changed = sorted(k for k in current if old.get(k) != current[k] and k != "threads")
         if changed:
             raise AbpError(f"{out} holds a job with other settings ({', '.join(changed)}): pass --overwrite "
@@ -70,7 +77,7 @@ def _check_job_file(out: Path, cfg: JobConfig, overwrite: bool) -> None:
     elif out.exists() and any(out.iterdir()):
         raise AbpError(f"{out} exists and is not an abp-deploy job folder: choose another --output")
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(current, indent=2) + "\n")
+    write_json(saved, current)
 
 
 def _prune_stage(cfg: JobConfig, method: str, sparsity: float | None, granularity: str, run_dir: Path,

@@ -1,16 +1,14 @@
 """The mask math in one place: binary masks over frozen weights, relaxed so the task loss trains them.
 
-A mask is attached to a Linear layer with `torch.nn.utils.parametrize`, so `layer.weight` becomes
-`W ⊙ m` while the pretrained `W` stays stored, untouched, as the parametrization's `original`.
+Each mask is a parametrization (`torch.nn.utils.parametrize`), so `layer.weight` becomes `W ⊙ m`
+while the pretrained `W` stays stored, untouched, as the parametrization's `original`. Which
+layers get which mask, and on what schedule, is the sparsifiers' business (`sparsifiers/`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
-
-from abp_deploy.errors import AbpError
 
 
 def straight_through_mask(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -52,6 +50,13 @@ class ScoreMask(nn.Module):
             return unit_mask
         return unit_mask.repeat_interleave(self.block, 0).repeat_interleave(self.block, 1)
 
+    def contract(self, weight_flags: torch.Tensor) -> torch.Tensor:
+        """A boolean map over the weights as one over the scores' units (a tile counts if any weight of it does)."""
+        if self.block == 1:
+            return weight_flags
+        rows, cols = weight_flags.shape
+        return weight_flags.reshape(rows // self.block, self.block, cols // self.block, self.block).any(3).any(1)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.expand(straight_through_mask(self.scores, self.threshold)).to(weight.dtype)
 
@@ -83,82 +88,50 @@ class MagnitudeMask(nn.Module):
     def expand(self, unit_mask: torch.Tensor) -> torch.Tensor:
         return unit_mask
 
+    def contract(self, weight_flags: torch.Tensor) -> torch.Tensor:
+        return weight_flags
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * (weight.abs() >= self.threshold).to(weight.dtype)
 
 
-def attach(layers: dict[str, nn.Linear], kind: str, score_init: str = "magnitude", noise: float = 1e-4,
-           seed: int = 0, block: int = 1) -> None:
-    """Attach a `score` (per weight or per `block`² tile) or `magnitude` mask to every layer, in sorted order."""
-    generator = torch.Generator().manual_seed(seed)
-    for name in sorted(layers):
-        layer = layers[name]
-        if block > 1 and any(d % block for d in layer.weight.shape):
-            raise AbpError(f"--block-size {block} does not divide {name} {tuple(layer.weight.shape)}: "
-                           "pick a block size that divides the hidden and FFN sizes")
-        mask = (ScoreMask(layer.weight, score_init, noise, generator, block) if kind == "score"
-                else MagnitudeMask(layer.weight))
-        parametrize.register_parametrization(layer, "weight", mask)
+class GateMask(nn.Module):
+    """Parametrization `W ↦ W ⊙ g(S)` with one score per group of `width` consecutive input columns.
+
+    One gate per attention head (a column block of the attention output matrix) or FFN neuron (a
+    column of the FFN output matrix): the same straight-through top-k binarizer as `ScoreMask`, on
+    structure (as head/neuron masks in CoFi, Xia et al. 2022, and Kwon et al. 2022), over frozen weights.
+    """
+
+    def __init__(self, weight: torch.Tensor, width: int, init: str, noise: float, generator: torch.Generator):
+        super().__init__()
+        units = weight.shape[1] // width
+        if init == "magnitude":  # mean |W| of the unit's columns, relative to the layer's mean: comparable across layers
+            w = weight.detach().float().abs().cpu().reshape(weight.shape[0], units, width).mean(dim=(0, 2))
+            scores = w / w.mean().clamp_min(1e-12)
+        else:
+            scores = torch.zeros(units)
+        self.width = width
+        self.scores = nn.Parameter((scores + noise * torch.randn(units, generator=generator)).to(weight.device))
+        self.register_buffer("threshold", torch.tensor(float("-inf"), device=weight.device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        gate = straight_through_mask(self.scores, self.threshold).repeat_interleave(self.width)
+        return weight * gate.to(weight.dtype)[None, :]
 
 
-def _mask_module(layer: nn.Linear) -> ScoreMask | MagnitudeMask:
-    return layer.parametrizations.weight[0]
-
-
-def _original(layer: nn.Linear) -> torch.Tensor:
-    return layer.parametrizations.weight.original
-
-
-def _kth_largest_threshold(values: torch.Tensor, keep: int) -> torch.Tensor:
+def kth_largest_threshold(values: torch.Tensor, keep: int) -> torch.Tensor:
+    """The threshold that keeps the `keep` largest of `values` (−inf keeps everything)."""
     if keep >= values.numel():
         return values.new_tensor(float("-inf"))
     return torch.kthvalue(values.float().cpu(), values.numel() - keep + 1).values.to(values.device)
 
 
-@torch.no_grad()
-def set_keep_ratio(layers: dict[str, nn.Linear], keep: float, scope: str) -> None:
-    """Set every mask's threshold so a fraction `keep` of weights (or tiles) survives, per matrix or globally.
-
-    Tiles of one run are all the same size, so counting tiles counts weights.
-    """
-    if scope == "per-matrix":
-        for layer in layers.values():
-            imp = _mask_module(layer).importance(_original(layer)).flatten()
-            _mask_module(layer).threshold.copy_(_kth_largest_threshold(imp, round(keep * imp.numel())))
-        return
-    imps = torch.cat([_mask_module(l).importance(_original(l)).flatten().float() for l in layers.values()])
-    tau = _kth_largest_threshold(imps, round(keep * imps.numel()))
-    for layer in layers.values():
-        _mask_module(layer).threshold.copy_(tau)
-
-
-@torch.no_grad()
-def final_masks(layers: dict[str, nn.Linear], keep: float, scope: str) -> dict[str, torch.Tensor]:
-    """Exact top-k boolean masks, so the achieved sparsity equals the target to within one weight."""
-    imps = {n: _mask_module(l).importance(_original(l)).detach().float().cpu() for n, l in layers.items()}
-    if scope == "per-matrix":
-        units = {n: _topk_mask(v, round(keep * v.numel())) for n, v in imps.items()}
-    else:
-        flat = torch.cat([v.flatten() for v in imps.values()])
-        mask = _topk_mask(flat, round(keep * flat.numel()))
-        units, start = {}, 0
-        for n, v in imps.items():
-            units[n] = mask[start:start + v.numel()].view_as(v)
-            start += v.numel()
-    return {n: _mask_module(layers[n]).expand(m) for n, m in units.items()}
-
-
-def _topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the `k` largest values (an exact top-k: the stored masks hit their budget)."""
     mask = torch.zeros(values.numel(), dtype=torch.bool)
     mask[torch.topk(values.flatten(), k, sorted=False).indices] = True
     return mask.view_as(values)
-
-
-def detach_masks(layers: dict[str, nn.Linear]) -> None:
-    """Remove the parametrizations, leaving each masked layer with its original (unmasked) weight."""
-    for layer in layers.values():
-        if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
 
 def cubic_sparsity(step: int, total: int, target: float, warmup: float = 0.1, reach: float = 0.7) -> float:

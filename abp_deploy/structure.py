@@ -1,16 +1,19 @@
 """What a masked encoder no longer needs: dead attention heads and FFN neurons, read off exact zeros.
 
-Pure functions of the weights; `bake` decides how to cut. Indices are positions in the layer's
-current modules (head h = rows/columns h*d..(h+1)*d of the attention matrices).
+Pure functions of the weights; `bake` decides how to cut. Which slices a unit owns comes from the
+structure map (`units.py`); indices are positions in the layer's current modules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from abp_deploy.units import HEAD, NEURON, UnitKind, unit_status
 
 OUT_ZERO = "out_zero"  # the unit's slice of the output matrix is zero: it contributes nothing
 VALUE_ZERO = "value_zero"  # a head's value rows are zero: it outputs the constant value bias
@@ -46,17 +49,21 @@ def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     return model.base_model.encoder.layer
 
 
-def _dead_units(out_alive: torch.Tensor, in_alive: torch.Tensor, in_reason: str) -> dict[int, str]:
+def _dead_units(out_alive: torch.Tensor, source_alive: torch.Tensor, source_reason: str) -> dict[int, str]:
     """Reasons for the dead units; if all are dead, the first is kept (onnxruntime rejects empty layers)."""
     dead = {}
-    for i, (out_ok, in_ok) in enumerate(zip(out_alive.tolist(), in_alive.tolist())):
+    for i, (out_ok, source_ok) in enumerate(zip(out_alive.tolist(), source_alive.tolist())):
         if not out_ok:
             dead[i] = OUT_ZERO
-        elif not in_ok:
-            dead[i] = in_reason
+        elif not source_ok:
+            dead[i] = source_reason
     if len(dead) == len(out_alive):
         dead[0] = KEPT_AS_ZERO
     return dead
+
+
+def _weights_nonzero(layer: nn.Module) -> Callable[[str], torch.Tensor]:
+    return lambda relative: layer.get_submodule(relative).weight.ne(0)
 
 
 @torch.no_grad()
@@ -64,14 +71,8 @@ def find_dead_structure(model: PreTrainedModel) -> DeadStructure:
     """Heads and FFN neurons whose removal (after folding their constant output) leaves the model exact."""
     layers = []
     for layer in encoder_layers(model):
-        n_heads = layer.attention.self.num_attention_heads
-        w_o = layer.attention.output.dense.weight  # (hidden, heads*d): head h owns a column block
-        w_v = layer.attention.self.value.weight  # (heads*d, hidden): head h owns a row block
-        heads = _dead_units(w_o.t().reshape(n_heads, -1).ne(0).any(1), w_v.reshape(n_heads, -1).ne(0).any(1),
-                            VALUE_ZERO)
-        w_in = layer.intermediate.dense.weight  # (ffn, hidden)
-        w_out = layer.output.dense.weight  # (hidden, ffn)
-        neurons = _dead_units(w_out.ne(0).any(0), w_in.ne(0).any(1), IN_ZERO)
+        heads = _dead_units(*unit_status(HEAD, _weights_nonzero(layer), HEAD.width(layer)), VALUE_ZERO)
+        neurons = _dead_units(*unit_status(NEURON, _weights_nonzero(layer), NEURON.width(layer)), IN_ZERO)
         layers.append(LayerDead(heads=heads, neurons=neurons))
     return DeadStructure(layers=tuple(layers))
 
@@ -97,16 +98,28 @@ def count_params_and_flops(model: PreTrainedModel, seq_len: int = 128) -> dict[s
     }
 
 
+def unit_flops(layer: nn.Module, kind: UnitKind, seq_len: int) -> int:
+    """Dense FLOPs per token one unit of a layer costs: 2 per owned weight, plus a head's attention term."""
+    attention = 2 * 2 * seq_len * kind.width(layer) if kind is HEAD else 0
+    return 2 * kind.params_owned(layer) + attention
+
+
 @torch.no_grad()
-def surviving_structure(model: PreTrainedModel) -> dict:
-    """Heads and FFN neurons per layer that are not dead, and the fraction of encoder Linear weights they own."""
+def surviving_structure(model: PreTrainedModel, seq_len: int = 128) -> dict:
+    """Heads and FFN neurons alive per layer, and the kept fractions of encoder Linear weights and FLOPs.
+
+    Each figure is named by its definition: `encoder_weights_kept` counts the weight-matrix entries
+    that alive units own; `encoder_flops_kept` the dense FLOPs per token at `seq_len` they cost.
+    """
     dead = find_dead_structure(model).layers
     layers = encoder_layers(model)
-    heads = [layer.attention.self.num_attention_heads - len(d.heads) for layer, d in zip(layers, dead)]
-    neurons = [layer.intermediate.dense.out_features - len(d.neurons) for layer, d in zip(layers, dead)]
-    hidden = model.config.hidden_size
-    head_dim = layers[0].attention.self.attention_head_size
-    full = sum(4 * hidden * layer.attention.self.all_head_size + 2 * hidden * layer.intermediate.dense.out_features
-               for layer in layers)
-    kept = sum(4 * hidden * head_dim * h + 2 * hidden * n for h, n in zip(heads, neurons))
-    return {"heads_kept": heads, "neurons_kept": neurons, "encoder_weights_kept": kept / full}
+    heads = [HEAD.count(layer) - len(d.heads) for layer, d in zip(layers, dead)]
+    neurons = [NEURON.count(layer) - len(d.neurons) for layer, d in zip(layers, dead)]
+    full_w = sum(HEAD.count(l) * HEAD.params_owned(l) + NEURON.count(l) * NEURON.params_owned(l) for l in layers)
+    kept_w = sum(h * HEAD.params_owned(l) + n * NEURON.params_owned(l) for l, h, n in zip(layers, heads, neurons))
+    full_f = sum(HEAD.count(l) * unit_flops(l, HEAD, seq_len) + NEURON.count(l) * unit_flops(l, NEURON, seq_len)
+                 for l in layers)
+    kept_f = sum(h * unit_flops(l, HEAD, seq_len) + n * unit_flops(l, NEURON, seq_len)
+                 for l, h, n in zip(layers, heads, neurons))
+    return {"heads_kept": heads, "neurons_kept": neurons, "encoder_weights_kept": kept_w / full_w,
+            "encoder_flops_kept": kept_f / full_f, "flops_seq_len": seq_len}

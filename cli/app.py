@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -14,7 +15,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from abp_deploy import __version__
-from abp_deploy.errors import AbpError
+from abp_deploy.errors import AbpError, RunInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adapting by pruning for BERT: learn task masks over a frozen model, bake, export to ONNX, bench.")
@@ -22,8 +23,14 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _resume_command(needs_flag: bool) -> str:
+    """The command line that was run, with --resume added where the command needs it (prune; `run` resumes by itself)."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    return shlex.join(argv if not needs_flag or "--resume" in argv else [*argv, "--resume"])
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn AbpError into one red line on stderr and exit code 1 (no traceback for bad input)."""
+    """Turn AbpError into one red line on stderr and exit code 1 (no traceback for bad input); Ctrl-C into exit 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -31,6 +38,14 @@ def user_errors(fn: Callable) -> Callable:
         except AbpError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except RunInterrupted as exc:
+            err.print(f"[yellow]stopped:[/yellow] {exc}", highlight=False, soft_wrap=True)
+            if "last checkpoint" in str(exc):
+                err.print(f"resume with: {_resume_command(fn.__name__ == 'prune')}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]stopped:[/yellow] interrupted; nothing was written", highlight=False)
+            raise typer.Exit(130) from None
     return wrapper
 
 

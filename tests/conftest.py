@@ -39,9 +39,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_classifier(tiny_model_dir) -> BertForSequenceClassification:
-    """A tiny BERT classifier (2 labels) in eval mode, with a seeded random head."""
+    """A tiny BERT classifier (2 labels) in eval mode, with a seeded random head, eager attention (as prune loads it)."""
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2, attn_implementation="eager")
     return model.eval()
 
 

@@ -271,7 +271,8 @@ def test_failed_save_leaves_no_folder_behind(masked, tmp_path):
         save_baked(masked, FailingTokenizer(), tmp_path / "baked", summary)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "baked").mkdir()
-    (tmp_path / "baked" / "old.txt").write_text("old")
+    (tmp_path / "baked" / "bake_summary.json").write_text("old")  # an earlier bake, replaceable with overwrite
     with pytest.raises(OSError, match="disk full"):
         save_baked(masked, FailingTokenizer(), tmp_path / "baked", summary, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["baked"] and (tmp_path / "baked" / "old.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["baked"]
+    assert (tmp_path / "baked" / "bake_summary.json").read_text() == "old"

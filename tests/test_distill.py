@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from abp_deploy.artifacts import MASK_FILE, load_mask
 from abp_deploy.distill import distill_loss
 from abp_deploy.errors import AbpError
-from abp_deploy.gates import attach_gates, final_gate_masks
+from abp_deploy.models import prunable_linears
+from abp_deploy.sparsifiers.gates import GateSparsifier
 from abp_deploy.prune import prune
 
 
@@ -45,7 +46,9 @@ def test_gate_lr_is_the_gates_own_learning_rate(tiny_prune_config, tiny_classifi
     """gate_lr 0 with a live score_lr: the gates stay at their magnitude ranking; the inner mask lies within them."""
     run = dataclasses.replace(tiny_prune_config, granularity="hybrid", sparsity=0.5, gate_lr=0.0, score_lr=0.1)
     prune(run)
-    expected = final_gate_masks(attach_gates(tiny_classifier, "structured", seed=run.seed), keep=0.5)
+    gates = GateSparsifier(0.5, "structured", "magnitude", seed=run.seed, lr=0.0)
+    gates.attach(tiny_classifier, prunable_linears(tiny_classifier))
+    expected = gates.final_masks()
     mask = load_mask(Path(run.output) / MASK_FILE)
     for name, gate in expected.items():
         assert torch.equal(mask[name] & gate, mask[name])  # nothing kept outside the initial gates

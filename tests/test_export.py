@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import helper
 from torch import nn
-from transformers import BertTokenizerFast
+from transformers import BertForSequenceClassification, BertTokenizerFast
 from transformers.pytorch_utils import prune_linear_layer
 
 from abp_deploy.errors import AbpError
@@ -116,11 +116,11 @@ def test_exported_graph_takes_any_batch_size_and_sequence_length(raw_onnx):
         assert session.run(["logits"], feeds)[0].shape == (shape[0], 2)
 
 
-def test_export_restores_the_models_own_attention_implementation(ragged, tokenizer, tmp_path):
-    attention_class = type(ragged.bert.encoder.layer[0].attention.self)
-    export_onnx(ragged, tokenizer, tmp_path / "raw")
-    assert type(ragged.bert.encoder.layer[0].attention.self) is attention_class
-    assert ragged.config._attn_implementation == ragged.bert.attn_implementation == "sdpa"
+def test_export_refuses_a_model_without_eager_attention(tiny_model_dir, tokenizer, tmp_path):
+    sdpa = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2, attn_implementation="sdpa")
+    with pytest.raises(AbpError, match="attn_implementation='eager'"):
+        export_onnx(sdpa, tokenizer, tmp_path / "raw")
+    assert not (tmp_path / "raw" / "model.onnx").exists()
 
 
 def test_int8_model_picks_the_same_class_as_pytorch_and_is_smaller(ragged, tokenizer, tmp_path):

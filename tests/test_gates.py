@@ -11,21 +11,23 @@ import torch
 from abp_deploy.artifacts import MASK_FILE, load_mask
 from abp_deploy.bake_run import bake_run
 from abp_deploy.errors import AbpError
-from abp_deploy.gates import attach_gates, final_gate_masks, set_gate_keep_ratio
+from abp_deploy.models import prunable_linears
+from abp_deploy.sparsifiers.gates import GateSparsifier
 from abp_deploy.prune import prune
 from abp_deploy.structure import count_params_and_flops, find_dead_structure
 
 
 def test_head_gates_close_exactly_the_lowest_scored_heads(tiny_classifier):
-    gated = attach_gates(tiny_classifier, "head", score_init="constant")
-    layer0 = gated["head"]["encoder.layer.0.attention.output.dense"]
+    gates = GateSparsifier(0.5, "head", "constant", seed=0, lr=0.05)  # 4 of 8 heads, ranked across both layers
+    gates.attach(tiny_classifier, prunable_linears(tiny_classifier))
+    layer0 = gates.gated["head"][0]
     with torch.no_grad():
         layer0.parametrizations.weight[0].scores.copy_(torch.tensor([5.0, -5.0, 4.0, -4.0]))
-    set_gate_keep_ratio(gated, keep=0.5)  # 4 of 8 heads, ranked across both layers
-    masks = final_gate_masks(gated, keep=0.5)
+    masks = gates.final_masks()
+    gates.detach()
     with torch.no_grad():
         for name, mask in masks.items():
-            dict(tiny_classifier.base_model.named_modules())[name].parametrizations.weight.original.mul_(mask)
+            dict(tiny_classifier.base_model.named_modules())[name].weight.mul_(mask)
     dead = find_dead_structure(tiny_classifier).layers
     assert sorted(dead[0].heads) == [1, 3]  # the two negative-score heads of layer 0
     assert sum(len(d.heads) for d in dead) == 4
@@ -69,15 +71,17 @@ def test_flops_accounting_matches_a_hand_count_after_cutting_heads(tiny_classifi
     assert counted["flops_per_token"] == linear + attention
 
 
-def test_hybrid_run_cuts_the_structure_budget_and_masks_inside_what_survives(tiny_prune_config, tmp_path):
-    from abp_deploy.artifacts import load_mask
-
+def test_hybrid_inner_mask_ranks_only_open_units_and_hits_inner_sparsity_there(tiny_prune_config, tmp_path):
     manifest = prune(dataclasses.replace(tiny_prune_config, granularity="hybrid", sparsity=0.5, inner_sparsity=0.4,
                                          max_steps=6))
     assert sum(manifest["structure"]["heads_kept"]) == 4 and sum(manifest["structure"]["neurons_kept"]) == 64
     assert manifest["sparsity"] == pytest.approx(0.5) and manifest["inner_sparsity"] == 0.4
-    query = load_mask(tmp_path / "run" / "mask.safetensors")["encoder.layer.0.attention.self.query"]
-    assert 1 - query.float().mean().item() == pytest.approx(0.4, abs=0.01)  # ungated matrix: the inner mask only
+    assert manifest["inner_sparsity_achieved"] == pytest.approx(0.4, abs=0.005)
+    masks = load_mask(tmp_path / "run" / "mask.safetensors")
+    open_heads = masks["encoder.layer.0.attention.output.dense"].any(0).reshape(4, 8).any(1)
+    query = masks["encoder.layer.0.attention.self.query"].reshape(4, 8, 32)
+    assert not query[~open_heads].any()  # a closed head's rows take no keep slot
+    assert 1 - query[open_heads].float().mean().item() == pytest.approx(0.4, abs=0.01)  # per matrix, inside open units
     summary = bake_run(tiny_prune_config.output, tmp_path / "baked")  # exact, or it raises
     assert sum(summary.heads) == 4 and sum(summary.intermediate_sizes) == 64
 

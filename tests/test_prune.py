@@ -79,7 +79,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_prune_config,
                                       checkpoint_every=checkpoint_every)
     import abp_deploy.prune as prune_module
 
-    real, calls = prune_module.cubic_sparsity, {"n": 0}
+    real, calls = prune_module._train_step, {"n": 0}
 
     def crash(*args, **kwargs):
         calls["n"] += 1
@@ -87,10 +87,10 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_prune_config,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prune_module, "cubic_sparsity", crash)
+    monkeypatch.setattr(prune_module, "_train_step", crash)
     with pytest.raises(KeyboardInterrupt):
         prune(interrupted)
-    monkeypatch.setattr(prune_module, "cubic_sparsity", real)
+    monkeypatch.setattr(prune_module, "_train_step", real)
     assert not (tmp_path / "resumed").exists()  # nothing looks finished
     with pytest.raises(AbpError, match="--resume"):
         prune(interrupted)
@@ -110,7 +110,7 @@ def test_resume_refuses_changed_settings(tiny_prune_config, monkeypatch):
         raise KeyboardInterrupt
 
     cfg = dataclasses.replace(tiny_prune_config, checkpoint_every=2)
-    real = prune_module.cubic_sparsity
+    real = prune_module._train_step
     calls = {"n": 0}
 
     def crash_late(*a, **k):
@@ -119,10 +119,10 @@ def test_resume_refuses_changed_settings(tiny_prune_config, monkeypatch):
             crash()
         return real(*a, **k)
 
-    monkeypatch.setattr(prune_module, "cubic_sparsity", crash_late)
+    monkeypatch.setattr(prune_module, "_train_step", crash_late)
     with pytest.raises(KeyboardInterrupt):
         prune(cfg)
-    monkeypatch.setattr(prune_module, "cubic_sparsity", real)
+    monkeypatch.setattr(prune_module, "_train_step", real)
     with pytest.raises(AbpError, match="sparsity"):
         prune(dataclasses.replace(cfg, resume=True, sparsity=0.7))
 

@@ -1,0 +1,128 @@
+"""Structure gates: one learned keep/drop decision per attention head and/or FFN neuron, weights frozen.
+
+A gate sits on the unit's slice of its output matrix (the structure map, `units.py`), so a closed
+gate makes the unit contribute exactly nothing and bake cuts it with everything else it owns.
+Gates are ranked globally per unit kind, so layers compete for one budget; heads and neurons keep
+the same fraction, which is then exactly the kept fraction of the encoder's Linear weights (and of
+its FLOPs, since a head's attention term scales with its width too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import PreTrainedModel
+
+from abp_deploy.errors import AbpError
+from abp_deploy.masking import GateMask, cubic_sparsity, kth_largest_threshold, topk_mask
+from abp_deploy.sparsifiers.base import WEIGHTS_REMOVED, Sparsifier, own_parameters
+from abp_deploy.structure import encoder_layers
+from abp_deploy.units import UNIT_KINDS, UnitKind, matrix_name, owned_weights, split_matrix_name
+
+KINDS = {"head": ("head",), "neuron": ("neuron",), "structured": ("head", "neuron")}
+
+OpenUnits = dict[str, dict[int, torch.Tensor]]  # kind -> layer index -> boolean per unit
+
+
+class GateSparsifier(Sparsifier):
+    """Head and/or neuron gates (`granularity` head, neuron or structured); `--sparsity` = weights removed."""
+
+    headline = WEIGHTS_REMOVED
+
+    def __init__(self, target: float, granularity: str, score_init: str, seed: int, lr: float):
+        super().__init__(target)
+        self.granularity, self.score_init, self.seed, self.lr = granularity, score_init, seed, lr
+        self.kinds: tuple[UnitKind, ...] = tuple(UNIT_KINDS[k] for k in KINDS[granularity])
+        self.gated: dict[str, dict[int, nn.Linear]] = {}  # kind -> layer index -> the Linear its gates sit on
+        self.widths: dict[str, int] = {}
+
+    def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        blocks = encoder_layers(model)
+        for kind in self.kinds:
+            units = sum(kind.count(layer) for layer in blocks)
+            if round((1.0 - self.target) * units) < 1:
+                most = (units - 0.5) / units
+                raise AbpError(f"--sparsity {self.target} leaves no {kind.name} of {units} open: "
+                               f"pass at most {most:.4f} (one {kind.name} kept)")
+            self.widths[kind.name] = kind.width(blocks[0])
+            linears = {i: layer.get_submodule(kind.output) for i, layer in enumerate(blocks)}
+            self.gated[kind.name] = linears
+            for i in sorted(linears, key=lambda i: matrix_name(i, kind.output)):  # the name order of earlier releases
+                weight = linears[i].weight
+                parametrize.register_parametrization(
+                    linears[i], "weight", GateMask(weight, self.widths[kind.name], self.score_init, 1e-4, generator))
+
+    @staticmethod
+    def _gate(layer: nn.Linear) -> GateMask:
+        return next(p for p in layer.parametrizations.weight if isinstance(p, GateMask))
+
+    def gate_scores(self) -> list[nn.Parameter]:
+        """The gates' learnable scores, every kind and layer."""
+        return [self._gate(layer).scores for linears in self.gated.values() for layer in linears.values()]
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return [{"params": own_parameters(model, self.gate_scores()), "lr": self.lr, "weight_decay": 0.0}]
+
+    def set_progress(self, step: int, total: int) -> float:
+        sparsity = cubic_sparsity(step, total, self.target)
+        self.set_keep(1.0 - sparsity)
+        return sparsity
+
+    @torch.no_grad()
+    def set_keep(self, keep: float) -> None:
+        """Open the top `keep` fraction of gates of each kind, ranked globally across layers."""
+        for linears in self.gated.values():
+            scores = torch.cat([self._gate(layer).scores.float().flatten() for layer in linears.values()])
+            tau = kth_largest_threshold(scores, round(keep * scores.numel()))
+            for layer in linears.values():
+                self._gate(layer).threshold.copy_(tau)
+
+    @torch.no_grad()
+    def open_units(self) -> OpenUnits:
+        """Which units the current thresholds leave open (during training)."""
+        return {kind: {i: (self._gate(l).scores >= self._gate(l).threshold).cpu() for i, l in linears.items()}
+                for kind, linears in self.gated.items()}
+
+    @torch.no_grad()
+    def exact_open_units(self, keep: float) -> OpenUnits:
+        """Exactly the top `keep` fraction of each kind's gates, ranked across layers."""
+        out: OpenUnits = {}
+        for kind in self.kinds:
+            linears = self.gated[kind.name]
+            order = sorted(linears, key=lambda i: matrix_name(i, kind.output))
+            scores = [self._gate(linears[i]).scores.detach().float().cpu() for i in order]
+            opened, start = topk_mask(torch.cat(scores), round(keep * sum(s.numel() for s in scores))), 0
+            out[kind.name] = {}
+            for i, s in zip(order, scores):
+                out[kind.name][i] = opened[start:start + s.numel()]
+                start += s.numel()
+        return out
+
+    def owned_weights(self, opened: OpenUnits, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The weights of matrix `name` that open units own (None: no gated kind owns any of it)."""
+        where = split_matrix_name(name)
+        if where is None:
+            return None
+        flags = None
+        for kind in self.kinds:
+            owned = owned_weights(kind, where[1], opened[kind.name][where[0]], self.widths[kind.name], shape)
+            if owned is not None:
+                flags = owned if flags is None else flags & owned
+        return flags
+
+    def final_masks(self) -> dict[str, torch.Tensor]:
+        opened = self.exact_open_units(1.0 - self.target)
+        return {matrix_name(i, kind.output): self.owned_weights(opened, matrix_name(i, kind.output),
+                                                                tuple(linear.weight.shape))
+                for kind in self.kinds for i, linear in self.gated[kind.name].items()}
+
+    def detach(self) -> None:
+        for linears in self.gated.values():
+            for layer in linears.values():
+                if parametrize.is_parametrized(layer, "weight"):
+                    parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+
+    def extra_fields(self, masks: dict[str, torch.Tensor]) -> dict:
+        return {"gate_lr": self.lr}
