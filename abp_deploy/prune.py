@@ -28,7 +28,8 @@ from abp_deploy.artifacts import HEAD_FILE, LOG_FILE, MASK_FILE, WEIGHTS_FILE, s
 from abp_deploy.atomic import check_output_path, incomplete_dir
 from abp_deploy.checkpoints import (CHECKPOINT, checkpoint_step, finish_run, load_checkpoint, prepare_work_dir,
                                     run_lock, save_checkpoint)
-from abp_deploy.data import load_split, tokenize
+from abp_deploy.batching import LengthGroupedBatches
+from abp_deploy.data import load_split
 from abp_deploy.distill import distill_loss, load_teacher
 from abp_deploy.errors import AbpError, RunInterrupted
 from abp_deploy.evaluation import dev_loader, evaluate
@@ -37,10 +38,11 @@ from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, po
 from abp_deploy.progress import step_progress
 from abp_deploy.sparsifiers import Sparsifier, build_sparsifier
 from abp_deploy.tasks import get_task
+from abp_deploy.token_cache import cached_tokenize, default_cache_dir
 from abp_deploy.versions import versions
 
 # Settings that may differ between an interrupted run and its --resume.
-_RESUME_FREE = {"resume", "overwrite", "progress", "checkpoint_every"}
+_RESUME_FREE = {"resume", "overwrite", "progress", "checkpoint_every", "token_cache"}
 
 
 @dataclass
@@ -61,6 +63,8 @@ class PruneConfig:
     max_eval_samples: int | None = None
     max_length: int = 128
     batch_size: int = 32
+    group_by_length: bool = True  # batches of similar lengths (batching.py): far less padding, same examples
+    token_cache: bool = True  # keep tokenised splits on disk (token_cache.py; $ABP_DEPLOY_CACHE)
     eval_batch_size: int = 64
     epochs: float = 3.0
     max_steps: int | None = None
@@ -158,6 +162,25 @@ def _param_groups(model, method: Method, head_keys: set[str], sparsifier: Sparsi
     return groups
 
 
+def _train_loader(train, tokenizer, cfg: PruneConfig) -> DataLoader:
+    """Shuffled batches padded to their longest example; length-grouped unless switched off."""
+    collate = DataCollatorWithPadding(tokenizer)
+    if not cfg.group_by_length:
+        return DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    batches = LengthGroupedBatches([len(ids) for ids in train["input_ids"]], cfg.batch_size, cfg.seed)
+    return DataLoader(train, batch_sampler=batches, collate_fn=collate)
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """Tell Accelerate's loader and our own batch order (pure in seed and epoch) which epoch starts."""
+    loader.set_epoch(epoch)
+    inner = loader.batch_sampler
+    while inner is not None and not isinstance(inner, LengthGroupedBatches):
+        inner = getattr(inner, "batch_sampler", None)
+    if inner is not None:
+        inner.set_epoch(epoch)
+
+
 def _train_step(model, batch: dict, teacher, cfg: PruneConfig, accelerator: Accelerator) -> torch.Tensor:
     """One forward and backward pass; the loss is the task's, or blended with a teacher's soft targets."""
     outputs = model(**batch)
@@ -195,9 +218,11 @@ def prune(cfg: PruneConfig) -> dict:
     if cfg.max_length > limit:
         raise AbpError(f"--max-length {cfg.max_length} is longer than {cfg.model} can read ({limit} positions): "
                        f"pass --max-length {limit} or less")
-    train = tokenize(load_split(task, "train", cfg.data_dir, cfg.max_train_samples), tokenizer, cfg.max_length)
-    devs = {s: tokenize(load_split(task, s, cfg.data_dir, cfg.max_eval_samples), tokenizer, cfg.max_length)
-            for s in task.dev_splits}
+    cache = default_cache_dir() if cfg.token_cache else None
+    train = cached_tokenize(load_split(task, "train", cfg.data_dir, cfg.max_train_samples), tokenizer, cfg.max_length,
+                            cache)
+    devs = {s: cached_tokenize(load_split(task, s, cfg.data_dir, cfg.max_eval_samples), tokenizer, cfg.max_length,
+                               cache) for s in task.dev_splits}
     model, new_keys = load_classifier(cfg.model, task)
     teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
     base_hash = weights_hash(model)
@@ -216,7 +241,7 @@ def prune(cfg: PruneConfig) -> dict:
             step = (checkpoint_step(work) or 0) if cfg.resume else 0
         log = _logger(work)
         optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, sparsifier, cfg))
-        loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
+        loader = _train_loader(train, tokenizer, cfg)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
@@ -225,8 +250,8 @@ def prune(cfg: PruneConfig) -> dict:
             teacher.to(accelerator.device)
         log.info("start: %s", json.dumps(config))
         try:
-            _train(model, optimizer, loader, scheduler, sparsifier, teacher, cfg, accelerator, work, log, step, total,
-                   steps_per_epoch, f"{method.name} {task.name}")
+            training = _train(model, optimizer, loader, scheduler, sparsifier, teacher, cfg, accelerator, work, log,
+                              step, total, steps_per_epoch, f"{method.name} {task.name}")
         except BaseException:
             if checkpoint_step(work) is None:  # nothing resumable: leave nothing behind
                 shutil.rmtree(work, ignore_errors=True)
@@ -271,6 +296,7 @@ def prune(cfg: PruneConfig) -> dict:
             "steps": total,
             "train_examples": len(train),
             "dev_metrics": metrics,
+            "training": training | {"steps_per_epoch": steps_per_epoch},
             "config": config,
             "device": str(accelerator.device),
             "num_processes": accelerator.num_processes,
@@ -286,16 +312,20 @@ def prune(cfg: PruneConfig) -> dict:
 
 def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher, cfg: PruneConfig,
            accelerator: Accelerator, work: Path, log: logging.Logger, step: int, total: int, steps_per_epoch: int,
-           description: str) -> None:
-    """The training loop: schedule the sparsifier, step, log, checkpoint; resumes at `step` mid-epoch."""
+           description: str) -> dict:
+    """The training loop: schedule the sparsifier, step, log, checkpoint; resumes at `step` mid-epoch.
+
+    Returns what this process trained: steps, seconds, and real vs padded tokens (throughput figures).
+    """
     pending_restore = cfg.resume
     model.train()
+    done = {"steps": 0, "seconds": 0.0, "real_tokens": 0, "padded_tokens": 0}
     try:
         with step_progress(description, total, enabled=cfg.progress and accelerator.is_main_process) as bar:
             bar.advance(step)
             while step < total:
                 epoch, skip = divmod(step, steps_per_epoch)
-                loader.set_epoch(epoch)
+                _set_epoch(loader, epoch)
                 batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
                 if pending_restore:
                     # The checkpointed RNG state (dropout) must be the one the uninterrupted run had here.
@@ -309,15 +339,21 @@ def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher,
                     pending_restore = False
                     log.info("resumed at step %d", step)
                 for batch in batches:
+                    started = time.perf_counter()
                     sparsity = sparsifier.set_progress(step, total)
                     loss = _train_step(model, batch, teacher, cfg, accelerator)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
                     step += 1
-                    bar.update(loss=loss.item(), sparsity=sparsity)
+                    loss_value = loss.item()  # waits for the step on an accelerator
+                    done["steps"] += 1
+                    done["seconds"] += time.perf_counter() - started
+                    done["real_tokens"] += int(batch["attention_mask"].sum())
+                    done["padded_tokens"] += batch["attention_mask"].numel()
+                    bar.update(loss=loss_value, sparsity=sparsity)
                     if step % 10 == 0 or step == total:
-                        log.info("step %d/%d loss %.4f sparsity %.3f", step, total, loss.item(), sparsity)
+                        log.info("step %d/%d loss %.4f sparsity %.3f", step, total, loss_value, sparsity)
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                         accelerator.wait_for_everyone()
                         if accelerator.is_main_process:
@@ -327,3 +363,4 @@ def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher,
     except KeyboardInterrupt:
         log.info("interrupted at step %d", step)
         raise _interrupted(work, step, total) from None
+    return done

@@ -96,6 +96,10 @@ def prune(
     max_eval_samples: Optional[int] = typer.Option(None, help="Subsample the dev split(s) (fixed seed)."),
     max_length: int = typer.Option(128, help="Maximum tokens per example."),
     batch_size: int = typer.Option(32),
+    group_by_length: bool = typer.Option(True, help="Batch examples of similar length (less padding, same examples "
+                                         "per epoch; order fixed by --seed)."),
+    token_cache: bool = typer.Option(True, help="Keep tokenised splits on disk ($ABP_DEPLOY_CACHE, default "
+                                     "~/.cache/abp_deploy) so sweeps tokenise once."),
     epochs: float = typer.Option(3.0),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (overrides epochs)."),
     lr: float = typer.Option(5e-5, help="Learning rate of pretrained weights (methods that train them)."),
@@ -126,6 +130,7 @@ def prune(
                       output=str(output),
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
+                      group_by_length=group_by_length, token_cache=token_cache,
                       max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, head_lr=head_lr,
                       distill_from=str(distill_from) if distill_from else None, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, score_init=score_init, mask_pooler=mask_pooler,

@@ -11,6 +11,15 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 SHARED_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache_in_tmp(tmp_path_factory):
+    """Tests never write tokenised data to the user's cache folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ABP_DEPLOY_CACHE", str(tmp_path_factory.mktemp("abp-cache")))
+    yield
+    mp.undo()
+
+
 def _tiny_vocab(path: Path) -> Path:
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words += "the a an is was good bad movie film great awful not very it this that and of to".split()
