@@ -36,6 +36,7 @@ from abp_deploy.evaluation import dev_loader, evaluate
 from abp_deploy.methods import Method, get_method
 from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, position_limit, prunable_linears, weights_hash
 from abp_deploy.progress import step_progress
+from abp_deploy.regression import TargetScaler
 from abp_deploy.sparsifiers import Sparsifier, build_sparsifier
 from abp_deploy.tasks import get_task
 from abp_deploy.token_cache import cached_tokenize, default_cache_dir
@@ -181,13 +182,21 @@ def _set_epoch(loader, epoch: int) -> None:
         inner.set_epoch(epoch)
 
 
-def _train_step(model, batch: dict, teacher, cfg: PruneConfig, accelerator: Accelerator) -> torch.Tensor:
-    """One forward and backward pass; the loss is the task's, or blended with a teacher's soft targets."""
+def _train_step(model, batch: dict, teacher, cfg: PruneConfig, accelerator: Accelerator,
+                scaler: TargetScaler | None = None) -> torch.Tensor:
+    """One forward and backward pass; the loss is the task's, or blended with a teacher's soft targets.
+
+    For regression the head learns standardised targets (`scaler`), the teacher's scores scaled alike.
+    """
+    if scaler is not None:
+        batch = batch | {"labels": scaler.scale(batch["labels"])}
     outputs = model(**batch)
     loss = outputs.loss
     if teacher is not None:
         with torch.no_grad(), accelerator.autocast():
             teacher_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        if scaler is not None:
+            teacher_logits = scaler.scale(teacher_logits)
         loss = distill_loss(outputs.logits, teacher_logits, batch["labels"], cfg.distill_alpha, cfg.distill_temperature)
     accelerator.backward(loss)
     return loss
@@ -223,6 +232,7 @@ def prune(cfg: PruneConfig) -> dict:
                             cache)
     devs = {s: cached_tokenize(load_split(task, s, cfg.data_dir, cfg.max_eval_samples), tokenizer, cfg.max_length,
                                cache) for s in task.dev_splits}
+    scaler = TargetScaler.fit(list(train["labels"])) if task.is_regression else None
     model, new_keys = load_classifier(cfg.model, task)
     teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
     base_hash = weights_hash(model)
@@ -251,13 +261,15 @@ def prune(cfg: PruneConfig) -> dict:
         log.info("start: %s", json.dumps(config))
         try:
             training = _train(model, optimizer, loader, scheduler, sparsifier, teacher, cfg, accelerator, work, log,
-                              step, total, steps_per_epoch, f"{method.name} {task.name}")
+                              step, total, steps_per_epoch, f"{method.name} {task.name}", scaler)
         except BaseException:
             if checkpoint_step(work) is None:  # nothing resumable: leave nothing behind
                 shutil.rmtree(work, ignore_errors=True)
             raise
 
         model = accelerator.unwrap_model(model)
+        if scaler is not None:
+            scaler.fold_into(model)  # the saved head predicts original units
         masks = sparsifier.final_masks()
         sparsifier.detach()
         frozen_ok = weights_hash(model) == base_hash  # pretrained weights untouched (abp), checked, not assumed
@@ -297,6 +309,7 @@ def prune(cfg: PruneConfig) -> dict:
             "train_examples": len(train),
             "dev_metrics": metrics,
             "training": training | {"steps_per_epoch": steps_per_epoch},
+            "regression_targets": dataclasses.asdict(scaler) if scaler is not None else None,
             "config": config,
             "device": str(accelerator.device),
             "num_processes": accelerator.num_processes,
@@ -312,7 +325,7 @@ def prune(cfg: PruneConfig) -> dict:
 
 def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher, cfg: PruneConfig,
            accelerator: Accelerator, work: Path, log: logging.Logger, step: int, total: int, steps_per_epoch: int,
-           description: str) -> dict:
+           description: str, scaler: TargetScaler | None) -> dict:
     """The training loop: schedule the sparsifier, step, log, checkpoint; resumes at `step` mid-epoch.
 
     Returns what this process trained: steps, seconds, and real vs padded tokens (throughput figures).
@@ -341,7 +354,7 @@ def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher,
                 for batch in batches:
                     started = time.perf_counter()
                     sparsity = sparsifier.set_progress(step, total)
-                    loss = _train_step(model, batch, teacher, cfg, accelerator)
+                    loss = _train_step(model, batch, teacher, cfg, accelerator, scaler)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
