@@ -1,4 +1,6 @@
-"""Open an exported model in onnxruntime, with a one-line error for a missing or damaged file."""
+"""The files of an exported folder, and opening its model in onnxruntime with a one-line error when damaged.
+
+Imports onnxruntime only (no torch), so that the torch-free runtime can use it."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
 from abp_deploy.errors import AbpError
-from abp_deploy.exporters.onnx_export import MODEL_FILE
+
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "export_report.json"
 
 
 def _model_file(onnx_dir_or_file: str | Path) -> Path:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-MODEL_FILE = "model.onnx"
+from abp_deploy.exporters.loading import MODEL_FILE
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 _DUMMY_TEXTS = ("a short example", "a second and somewhat longer example sentence for the export")

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from abp_deploy.atomic import atomic_dir
 from abp_deploy.errors import AbpError
+from abp_deploy.exporters.loading import REPORT_FILE
 from abp_deploy.exporters.onnx_export import export_onnx, input_names
 from abp_deploy.exporters.optimize import LEVELS, FusionReport, Level, optimize_onnx
 from abp_deploy.exporters.quantize import quantize_int8
@@ -21,7 +22,6 @@ from abp_deploy.exporters.sparsity import sparsify_initializers
 from abp_deploy.exporters.verify import APPROX_GELU_ATOL, FP32_ATOL, VerifyReport, verify_onnx
 from abp_deploy.structure import encoder_layers
 
-REPORT_FILE = "export_report.json"
 _SAMPLE_TEXTS = (
     "a gripping, beautifully acted film", "the plot falls apart in the second half", "not bad at all",
     "i would not watch this again", "one of the best movies of the year, funny and moving",

@@ -8,10 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import FFN, HEADS
 from onnx import helper
-from torch import nn
 from transformers import BertTokenizerFast
-from transformers.pytorch_utils import prune_linear_layer
 
 from abp_deploy.errors import AbpError
 from abp_deploy.exporters import pipeline
@@ -22,35 +21,6 @@ from abp_deploy.exporters.pipeline import REPORT_FILE, export_artifact, sample_b
 from abp_deploy.exporters.quantize import quantize_int8
 from abp_deploy.exporters.sparsity import sparsify_initializers
 from abp_deploy.exporters.verify import verify_onnx
-
-HEADS = [2, 3]  # of 4, after prune_heads({0: [1, 2], 1: [0]})
-FFN = [48, 32]  # of 64
-
-
-@pytest.fixture()
-def tokenizer(tiny_model_dir) -> BertTokenizerFast:
-    return BertTokenizerFast.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture()
-def ragged(tiny_classifier):
-    """The tiny classifier with different head counts and FFN widths per layer, and input-dependent logits.
-
-    Linears are re-drawn with PyTorch's default init: BERT's std-0.02 init gives near-constant
-    logits, against which an agreement check would prove nothing.
-    """
-    model = tiny_classifier
-    torch.manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
-    model.prune_heads({0: [1, 2], 1: [0]})
-    for layer, width in zip(model.bert.encoder.layer, FFN):
-        keep = torch.arange(width)
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
-    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
-    return model.eval()
 
 
 @pytest.fixture()
