@@ -12,13 +12,11 @@ import onnxruntime as ort
 from transformers import AutoConfig
 
 from abp_deploy.errors import AbpError
-from abp_deploy.exporters.loading import open_session
+from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, open_session
 from abp_deploy.latency import time_interleaved
 from abp_deploy.memory_probe import peak_memory_mb
 from abp_deploy.onnx_scoring import read_export_report, score_onnx
 from abp_deploy.progress import item_progress
-
-GPU_PROVIDER = "CUDAExecutionProvider"
 
 
 @dataclass
@@ -41,7 +39,7 @@ def available_providers(requested: tuple[str, ...] | None) -> list[str]:
     """CPU always, CUDA when this onnxruntime build offers it; an unavailable requested provider is an error."""
     have = ort.get_available_providers()
     if requested is None:
-        return ["CPUExecutionProvider"] + ([GPU_PROVIDER] if GPU_PROVIDER in have else [])
+        return [CPU_PROVIDER] + ([GPU_PROVIDER] if GPU_PROVIDER in have else [])
     missing = [p for p in requested if p not in have]
     if missing:
         raise AbpError(f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}: "
@@ -107,7 +105,7 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
             row["latency"] = []
             bar.advance()
         for provider in providers:
-            sessions = cpu if provider == "CPUExecutionProvider" else {
+            sessions = cpu if provider == CPU_PROVIDER else {
                 r["name"]: open_session(f, providers=[provider], threads=cfg.threads) for r, f in zip(rows, folders)}
             for batch, seq in cells:
                 stats = time_interleaved(sessions, batch, seq, rows[0]["vocab_size"], cfg.warmup, cfg.repeats)

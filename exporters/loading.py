@@ -13,6 +13,7 @@ from abp_deploy.errors import AbpError
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
+CPU_PROVIDER, GPU_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 def _model_file(onnx_dir_or_file: str | Path) -> Path:
@@ -31,7 +32,7 @@ def open_session(onnx_dir_or_file: str | Path, providers: list[str] | None = Non
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers or [CPU_PROVIDER])
     except (InvalidProtobuf, InvalidArgument, InvalidGraph, Fail) as exc:
         raise AbpError(f"file {path} is not a valid ONNX model (truncated or corrupted?): "
                        f"re-run abp-deploy export ({type(exc).__name__})") from exc
