@@ -244,6 +244,11 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, help="GLUE tsv folder, if not the one recorded at prune time."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Score on a fixed subsample of the dev set."),
     memory: bool = typer.Option(True, help="Measure peak memory in a child process per artefact."),
+    traffic: bool = typer.Option(False, help="Also time real traffic: the dev texts at their own lengths through "
+                                 "abp_deploy.runtime, in length-sorted batches and one request at a time, and (CPU) "
+                                 "THREADS one-thread sessions against one THREADS-thread session."),
+    traffic_batch_size: int = typer.Option(32, min=1, help="Batch size of the real-traffic batches."),
+    traffic_repeats: int = typer.Option(2, min=1, help="Real-traffic passes over the dev texts (batches, session layouts)."),
     overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
 ) -> None:
     """Dev-set score via onnxruntime, latency/throughput grid, size and memory, side by side with a baseline."""
@@ -255,7 +260,8 @@ def bench(
     refuse_existing(output, overwrite)
     cfg = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), seq_lens=_ints(seq_lens, "--seq-lens"),
                       threads=threads, warmup=warmup, repeats=repeats, data_dir=str(data_dir) if data_dir else None,
-                      max_eval_samples=max_eval_samples, memory=memory)
+                      max_eval_samples=max_eval_samples, memory=memory, traffic=traffic,
+                      traffic_batch=traffic_batch_size, traffic_repeats=traffic_repeats)
     result = run_bench(artifacts, baseline, cfg)
     write_report(result, output, overwrite=overwrite)
     console.print(Markdown((output / MD_FILE).read_text()))
