@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import FFN, HEADS
@@ -187,6 +188,12 @@ def test_damaged_or_missing_onnx_file_raises_a_one_line_abp_error(raw_onnx, dama
     with pytest.raises(AbpError, match=expected) as err:
         open_session(raw_onnx.parent)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA can start here")
+def test_a_provider_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(raw_onnx):
+    with pytest.raises(AbpError, match="could not start CUDAExecutionProvider .* fell back to CPUExecutionProvider"):
+        open_session(raw_onnx, providers=["CUDAExecutionProvider"])
 
 
 def test_optimum_pipeline_turns_text_into_the_label_pytorch_predicts(ragged, tokenizer, tmp_path):
