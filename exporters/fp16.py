@@ -2,10 +2,10 @@
 
 The conversion is onnxruntime's transformers optimizer's own (`OnnxModel.convert_float_to_float16` with
 `keep_io_types=True`): it casts at the graph's edges, so clients feed the same int64 token ids and read
-fp32 logits. Measured on MiniLM-L6 (O2 graph, onnxruntime 1.32 CPU, 256 rotten_tomatoes dev reviews of
-up to 63 tokens): max |Δlogits| against fp32 1.1e-4 (dense) and 6.5e-4 (a 30-step ABP mask), argmax
-agreement 100% and 99.6%. The CPU provider runs the graph, but not faster (batch 32: 1.0x and 1.7x
-the fp32 time, one noisy measurement on a shared 2-core machine), so fp16 is an artefact for CUDA.
+fp32 logits. Measured on MiniLM-L6 with a 30-step ABP mask (O2 graph, onnxruntime 1.32, 2-core CPU,
+benchmarks/RESULTS.md): max |Δlogits| against PyTorch 6.4e-4 on 32 rotten_tomatoes dev examples, the
+same dev accuracy on 200, half the file size; the CPU provider runs it, but at 0.93x the fp32
+throughput, so fp16 is an artefact for the CUDA provider.
 """
 
 from __future__ import annotations
