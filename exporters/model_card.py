@@ -106,6 +106,6 @@ def model_card(report: dict, config: PretrainedConfig) -> str:
         "verified": _checks(report),
     }
     body = "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows.items())
-    return str(ModelCard(f"---\n{_metadata(prov, task, name).to_yaml()}\n---\n# {name}\n\nA task model made by "
-                         "abp-deploy: a frozen pretrained encoder, a learned keep/drop mask baked in, exported to "
-                         f"ONNX.\n\n| | |\n|---|---|\n{body}\n\n{_LOADING}"))
+    return str(ModelCard(f"---\n{_metadata(prov, task, name).to_yaml()}\n---\n# {name}\n\nA text classifier made by "
+                         "abp-deploy (prune, bake, ONNX export); the method row says how its weights were chosen."
+                         f"\n\n| | |\n|---|---|\n{body}\n\n{_LOADING}"))
