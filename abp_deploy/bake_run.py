@@ -18,7 +18,7 @@ from abp_deploy.tasks import get_task
 EXACTNESS_ATOL = 1e-4  # fp32 logits of the baked model against the masked model
 CHECK_EXAMPLES = 32
 CHECK_FILE = "bake_check.json"
-PROVENANCE_KEYS = ("base_model", "base_model_sha256", "task", "method", "sparsity", "seed", "max_length")
+PROVENANCE_KEYS = ("base_model", "base_model_sha256", "task", "method", "sparsity", "seed", "max_length", "dev_metrics")
 
 
 @dataclass

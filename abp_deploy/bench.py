@@ -12,13 +12,13 @@ import onnxruntime as ort
 from transformers import AutoConfig
 
 from abp_deploy.errors import AbpError
-from abp_deploy.exporters.loading import open_session
+from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, open_session
 from abp_deploy.latency import time_interleaved
 from abp_deploy.memory_probe import peak_memory_mb
 from abp_deploy.onnx_scoring import read_export_report, score_onnx
 from abp_deploy.progress import item_progress
-
-GPU_PROVIDER = "CUDAExecutionProvider"
+from abp_deploy.runtime import Classifier
+from abp_deploy.traffic import compare_layouts, dev_inputs, time_batched, time_single, token_lengths
 
 
 @dataclass
@@ -35,13 +35,16 @@ class BenchConfig:
     max_eval_samples: int | None = None
     memory: bool = True
     progress: bool = True
+    traffic: bool = False  # also time the dev texts at their real lengths through the runtime
+    traffic_batch: int = 32
+    traffic_repeats: int = 2
 
 
 def available_providers(requested: tuple[str, ...] | None) -> list[str]:
     """CPU always, CUDA when this onnxruntime build offers it; an unavailable requested provider is an error."""
     have = ort.get_available_providers()
     if requested is None:
-        return ["CPUExecutionProvider"] + ([GPU_PROVIDER] if GPU_PROVIDER in have else [])
+        return [CPU_PROVIDER] + ([GPU_PROVIDER] if GPU_PROVIDER in have else [])
     missing = [p for p in requested if p not in have]
     if missing:
         raise AbpError(f"onnxruntime here offers {', '.join(have)}, not {', '.join(missing)}: "
@@ -56,7 +59,8 @@ def _describe(folder: Path) -> dict:
     prov, bake = report["provenance"], report.get("bake", {})
     return {
         "name": folder.name, "path": str(folder), "task": prov["task"], "method": prov.get("method"),
-        "sparsity": prov.get("sparsity") or 0.0, "optimize": report.get("optimize"), "quantize": report.get("quantize"),
+        "sparsity": prov.get("sparsity") or 0.0, "optimize": report.get("optimize"),
+        "precision": report.get("precision", "fp32"), "quantize": report.get("quantize"),
         "heads": report["heads"], "intermediate_sizes": report["intermediate_sizes"],
         "full_heads": config.num_attention_heads, "full_intermediate_size": config.intermediate_size,
         "params": bake.get("params_after"), "flops_per_token": bake.get("flops_per_token_after"),
@@ -79,6 +83,32 @@ def _ratios(rows: list[dict], baseline: str) -> None:
                          "throughput_ratio": c["throughput"] / base_lat[(c["provider"], c["batch"], c["seq"])]["throughput"]}
                         for c in row["latency"]],
         }
+        if "traffic" in row:
+            base_traffic = {(t["provider"], t["mode"]): t for t in base["traffic"]}
+            row["vs_baseline"]["traffic"] = [
+                {"provider": t["provider"], "mode": t["mode"],
+                 "throughput_ratio": t["sentences_per_s"] / base_traffic[(t["provider"], t["mode"])]["sentences_per_s"],
+                 "speedup_p50": base_traffic[(t["provider"], t["mode"])]["p50_ms"] / t["p50_ms"]}
+                for t in row["traffic"]]
+
+
+def _traffic(rows: list[dict], folders: list[Path], providers: list[str], cfg: BenchConfig, bar) -> dict:
+    """Real-traffic mode into each row's "traffic" (and CPU "layouts"); returns what was sent."""
+    data_dir = cfg.data_dir or read_export_report(folders[0])["provenance"].get("data_dir")
+    inputs = dev_inputs(rows[0]["task"], data_dir, cfg.max_eval_samples)
+    for provider in providers:
+        runtimes = {r["name"]: Classifier(f, providers=[provider], threads=cfg.threads) for r, f in zip(rows, folders)}
+        batched = time_batched(runtimes, inputs, cfg.traffic_batch, cfg.traffic_repeats, provider, cfg.threads)
+        single = time_single(runtimes, inputs, provider, cfg.threads)
+        for row in rows:
+            row.setdefault("traffic", []).extend([asdict(batched[row["name"]]), asdict(single[row["name"]])])
+        bar.advance()
+    if cfg.threads > 1:
+        for row, folder in zip(rows, folders):
+            row["layouts"] = [asdict(s) for s in compare_layouts(folder, inputs, cfg.threads, cfg.traffic_repeats)]
+            bar.advance()
+    return {"texts": len(inputs), "tokens": token_lengths(runtimes[rows[0]["name"]], inputs),
+            "batch_size": cfg.traffic_batch, "repeats": cfg.traffic_repeats}
 
 
 def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: BenchConfig | None = None) -> dict:
@@ -100,6 +130,7 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     providers = available_providers(cfg.providers)
     cells = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lens]
     total = len(rows) * (1 + int(cfg.memory)) + len(cells) * len(providers)
+    total += (len(providers) + len(rows) * int(cfg.threads > 1)) if cfg.traffic else 0
     with item_progress("benchmarking", total, enabled=cfg.progress) as bar:
         cpu = {r["name"]: open_session(f, threads=cfg.threads) for r, f in zip(rows, folders)}  # scoring and CPU timing
         for row, folder in zip(rows, folders):
@@ -107,13 +138,14 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
             row["latency"] = []
             bar.advance()
         for provider in providers:
-            sessions = cpu if provider == "CPUExecutionProvider" else {
+            sessions = cpu if provider == CPU_PROVIDER else {
                 r["name"]: open_session(f, providers=[provider], threads=cfg.threads) for r, f in zip(rows, folders)}
             for batch, seq in cells:
                 stats = time_interleaved(sessions, batch, seq, rows[0]["vocab_size"], cfg.warmup, cfg.repeats)
                 for row in rows:
                     row["latency"].append({"provider": provider} | asdict(stats[row["name"]]))
                 bar.advance()
+        traffic = _traffic(rows, folders, providers, cfg, bar) if cfg.traffic else None
         for row, folder in zip(rows, folders):
             if cfg.memory:
                 row["memory"] = peak_memory_mb(folder, max(cfg.batch_sizes), max(cfg.seq_lens), cfg.threads,
@@ -124,4 +156,4 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu_count": os.cpu_count(), "threads": cfg.threads, "onnxruntime": ort.__version__,
             "providers": providers, "config": asdict(cfg)}
-    return {"meta": meta, "baseline": names[0] if baseline else None, "artifacts": rows}
+    return {"meta": meta, "baseline": names[0] if baseline else None, "artifacts": rows, "traffic": traffic}

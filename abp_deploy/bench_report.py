@@ -40,7 +40,8 @@ def markdown(result: dict) -> str:
         split, score = _score(r)
         layers = len(r["heads"])
         delta = r.get("vs_baseline", {}).get("score_delta", {}).get(split)
-        graph = "+".join(x for x in (r["optimize"], r["quantize"]) if x) or "raw"
+        fp16 = "fp16" if r.get("precision") == "fp16" else None
+        graph = "+".join(x for x in (r["optimize"], fp16, r["quantize"]) if x) or "raw"
         lines.append(f"| {r['name']} | {r['method']} | {r['sparsity']:.2f} | {graph} | "
                      f"{sum(r['heads'])}/{r['full_heads'] * layers} | "
                      f"{sum(r['intermediate_sizes'])}/{r['full_intermediate_size'] * layers} | {r['size_mb']:.1f} | "
@@ -56,7 +57,41 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['name']} | {_short_provider(c['provider'])} | {c['batch']} × {c['seq']} | "
                          f"{c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {c['throughput']:.1f} | "
                          f"{speed} | {thr} |")
+    if result.get("traffic"):
+        lines += _traffic_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def _traffic_lines(result: dict) -> list[str]:
+    """The real-traffic table (sentences/s, per-call p50/p99) and the CPU session-layout comparison."""
+    t, rows = result["traffic"], result["artifacts"]
+    mode = {"batched": f"length-sorted batches of {t['batch_size']}", "single": "one request at a time"}
+    lines = ["", f"## Real traffic: {t['texts']} {rows[0]['task']} dev texts at their own lengths",
+             "", f"Tokens per text after truncation: mean {t['tokens']['mean']:.1f}, median {t['tokens']['median']:.0f}, "
+             f"max {t['tokens']['max']}. Timed from text to prediction with `abp_deploy.runtime` (tokenisation, padding "
+             f"and onnxruntime); latency is per call (a batch, or one request); batches: {t['repeats']} passes, "
+             "interleaved across artefacts batch by batch; single requests: one pass, interleaved request by request.",
+             "", "| artefact | provider | requests | sessions × threads | sentences/s | p50 ms | p99 ms | throughput ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratios = r.get("vs_baseline", {}).get("traffic", [{}] * len(r["traffic"]))
+        for c, q in zip(r["traffic"], ratios):
+            ratio = f"{q['throughput_ratio']:.2f}×" if q else ""
+            lines.append(f"| {r['name']} | {_short_provider(c['provider'])} | {mode[c['mode']]} | "
+                         f"{c['sessions']} × {c['threads']} | {c['sentences_per_s']:.1f} | {c['p50_ms']:.2f} | "
+                         f"{c['p99_ms']:.2f} | {ratio} |")
+    if any("layouts" in r for r in rows):
+        lines += ["", f"Session layout on the CPU, one request at a time ({t['repeats']} alternating passes each):", "",
+                  "| artefact | sessions × threads | sentences/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {c['sessions']} × {c['threads']} | {c['sentences_per_s']:.1f} | {c['p50_ms']:.2f} | "
+                  f"{c['p99_ms']:.2f} |" for r in rows for c in r["layouts"]]
+        lines.append("")
+        for r in rows:
+            one, many = r["layouts"]
+            verdict = "beat" if many["sentences_per_s"] > one["sentences_per_s"] else "did not beat"
+            lines.append(f"- {r['name']}: {many['sessions']} one-thread sessions {verdict} one {one['threads']}-thread "
+                         f"session ({many['sentences_per_s'] / one['sentences_per_s']:.2f}× its sentences/s).")
+    return lines
 
 
 def _plot_accuracy(rows: list[dict], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Stage two, second half: export a prune run or a baked folder to a verified ONNX artefact."""
+"""Stage two, second half: export a prune run or a baked folder to a verified ONNX artefact or Triton repository."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import numpy as np
 from transformers import AutoTokenizer, PreTrainedModel
 
 from abp_deploy.artifacts import MANIFEST_FILE
+from abp_deploy.atomic import atomic_dir
 from abp_deploy.bake import SUMMARY_FILE, load_baked
 from abp_deploy.bake_run import bake_checked, real_batch
 from abp_deploy.errors import AbpError
 from abp_deploy.exporters.optimize import Level
 from abp_deploy.exporters.pipeline import ExportReport, export_artifact, sample_batch
+from abp_deploy.exporters.triton import VERSION as TRITON_VERSION
+from abp_deploy.exporters.triton import check_name, write_triton_entry
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "triton")
 
 
 @dataclass
@@ -79,14 +82,31 @@ def load_source(source: str | Path, base_model: str | None = None, data_dir: str
 def export_model(source: str | Path, out_dir: str | Path, fmt: str = "onnx", optimize: Level | None = "O2",
                  quantize: str | None = None, sparse_storage: bool = False, base_model: str | None = None,
                  data_dir: str | None = None, strict_fusion: bool = False, overwrite: bool = False,
-                 opset: int = 17) -> tuple[ExportReport, ExportSource]:
-    """Export `source` (run or baked folder) to `out_dir`, verified on the task's own dev examples."""
+                 opset: int = 17, precision: str = "fp32", name: str | None = None) -> tuple[ExportReport, ExportSource]:
+    """Export `source` (run or baked folder) to `out_dir`, verified on the task's own dev examples.
+
+    `fmt="triton"` makes `out_dir` a Triton model repository and writes the model `name` (default: the
+    source folder's name) into it as OUT/<name>/config.pbtxt + OUT/<name>/1/, the exported folder.
+    """
     if fmt not in FORMATS:
         raise AbpError(f"unknown export format {fmt!r}: use {', '.join(FORMATS)}")
+    if name is not None and fmt != "triton":
+        raise AbpError("--name names a model in a Triton repository: use it with --format triton")
+    if fmt == "triton":
+        name = check_name(name or Path(source).resolve().name)
     src = load_source(source, base_model, data_dir)
-    report = export_artifact(
-        src.model, src.tokenizer, out_dir, optimize=optimize, quantize=quantize, verify_batch=src.verify_batch,
-        sparse_storage=sparse_storage, strict_fusion=strict_fusion, overwrite=overwrite, opset=opset,
-        extra_report={"source": str(source), "provenance": src.provenance, "bake": src.bake_summary,
-                      "verify_data": src.verify_data})
+
+    def export_to(folder: Path, exists_ok: bool) -> ExportReport:
+        return export_artifact(
+            src.model, src.tokenizer, folder, optimize=optimize, quantize=quantize, verify_batch=src.verify_batch,
+            sparse_storage=sparse_storage, strict_fusion=strict_fusion, overwrite=exists_ok, opset=opset,
+            precision=precision, extra_report={"source": str(source), "provenance": src.provenance,
+                                               "bake": src.bake_summary, "verify_data": src.verify_data})
+
+    if fmt == "onnx":
+        return export_to(Path(out_dir), overwrite), src
+    with atomic_dir(Path(out_dir) / name, overwrite) as model_dir:
+        report = export_to(model_dir / TRITON_VERSION, False)
+        labels = [src.model.config.id2label[i] for i in range(src.model.config.num_labels)]
+        write_triton_entry(model_dir, name, labels, "int8" if quantize else precision)
     return report, src

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,18 @@ def synthetic_feeds(session: ort.InferenceSession, batch: int, seq: int, vocab_s
     return {i.name: shapes[i.name].astype(np.int64) for i in session.get_inputs()}
 
 
+def rotated(names: list[T], turn: int) -> list[T]:
+    """`names` starting at position turn % len: who goes first changes every turn, so no one always goes first."""
+    k = turn % len(names)
+    return names[k:] + names[:k]
+
+
+def percentiles_ms(times_ms: list[float]) -> tuple[float, float, float]:
+    """p50, p90 and p99 of per-call times in ms."""
+    p50, p90, p99 = np.percentile(np.asarray(times_ms), [50, 90, 99])
+    return float(p50), float(p90), float(p99)
+
+
 def time_interleaved(sessions: dict[str, ort.InferenceSession], batch: int, seq: int, vocab_size: int,
                      warmup: int = 3, repeats: int = 20) -> dict[str, LatencyStats]:
     """Time `repeats` calls of every session on the same inputs, alternating sessions call by call."""
@@ -42,14 +57,12 @@ def time_interleaved(sessions: dict[str, ort.InferenceSession], batch: int, seq:
             sessions[name].run(None, feeds[name])
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+        for name in rotated(names, r):
             start = time.perf_counter()
             sessions[name].run(None, feeds[name])
             times[name].append((time.perf_counter() - start) * 1e3)
     out = {}
     for name, t in times.items():
-        a = np.asarray(t)
-        p50 = float(np.percentile(a, 50))
-        out[name] = LatencyStats(batch, seq, len(a), p50, float(np.percentile(a, 90)), float(np.percentile(a, 99)),
-                                 float(a.mean()), batch / (p50 / 1e3))
+        p50, p90, p99 = percentiles_ms(t)
+        out[name] = LatencyStats(batch, seq, len(t), p50, p90, p99, float(np.mean(t)), batch / (p50 / 1e3))
     return out

@@ -168,10 +168,15 @@ def bake(
 @user_errors
 def export(
     source: Path = typer.Argument(..., help="A finished prune run folder, or a folder written by abp-deploy bake."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (model.onnx, config, tokenizer, report)."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (model.onnx, config, tokenizer, report, "
+                                "model card); with --format triton, the model repository."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (a folder), or triton (a model repository entry "
+                            "OUTPUT/NAME/config.pbtxt + OUTPUT/NAME/1/)."),
+    name: Optional[str] = typer.Option(None, help="Triton model name [default: the source folder's name]."),
     optimize: str = typer.Option("O2", help="onnxruntime graph optimisation: O1 (basic), O2 (+ transformer "
                                  "fusions), O3 (+ tanh GELU approximation), or none."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 for the CUDA execution provider (inputs and outputs "
+                                  "stay int64/fp32)."),
     quantize: str = typer.Option("none", help="int8 (dynamic, per-channel weights) or none."),
     sparse_storage: bool = typer.Option(False, help="Store matrices more than 2/3 zero as sparse initializers "
                                         "(smaller file; no speed gain; more memory at load)."),
@@ -181,7 +186,7 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (17: onnxruntime >= 1.14)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
-    """Bake (if given a run), export to ONNX, optimise, optionally quantise, and verify against PyTorch."""
+    """Bake (if given a run), export to ONNX, optimise, optionally fp16/int8, verify against PyTorch, write a model card."""
     from abp_deploy.export_run import export_model
 
     with console.status("exporting, optimising and verifying..."):
@@ -189,7 +194,7 @@ def export(
                                    quantize=None if quantize.lower() == "none" else quantize,
                                    sparse_storage=sparse_storage, base_model=model,
                                    data_dir=str(data_dir) if data_dir else None, strict_fusion=strict_fusion,
-                                   overwrite=overwrite, opset=opset)
+                                   overwrite=overwrite, opset=opset, precision=precision, name=name)
     if report.fusion:
         f = report.fusion
         fused = ", ".join(f"{op} {n}" for op, n in f.fused.items() if n)
@@ -198,10 +203,14 @@ def export(
             console.print(f"[yellow]layer {layer} attention not fused:[/yellow] {reason}", soft_wrap=True)
     for check in report.verification:
         bar = f"max |Δ| <= {check.atol:g}" if check.atol is not None else f"agreement >= {check.min_agreement:.0%}"
-        console.print(f"verified {check.precision} on {src.verify_data}: max |Δlogits| {check.max_abs_diff:.2e}, "
-                      f"argmax agreement {check.argmax_agreement:.1%} ({bar})")
+        console.print(f"verified {check.precision} on {src.verify_data} ({check.provider}): max |Δlogits| "
+                      f"{check.max_abs_diff:.2e}, argmax agreement {check.argmax_agreement:.1%} ({bar})")
+    for note in report.unverified:
+        console.print(f"[yellow]not verified:[/yellow] {note}", soft_wrap=True)
     console.print(f"heads per layer {report.heads}, FFN per layer {report.intermediate_sizes}; "
                   f"model.onnx {report.file_bytes['model.onnx'] / 1e6:.1f} MB; written to {output}")
+    if fmt == "triton":
+        console.print(f"Triton model repository {output}: tritonserver --model-repository {output.resolve()}")
 
 
 @app.command()
@@ -255,6 +264,11 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, help="GLUE tsv folder, if not the one recorded at prune time."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Score on a fixed subsample of the dev set."),
     memory: bool = typer.Option(True, help="Measure peak memory in a child process per artefact."),
+    traffic: bool = typer.Option(False, help="Also time real traffic: the dev texts at their own lengths through "
+                                 "abp_deploy.runtime, in length-sorted batches and one request at a time, and (CPU) "
+                                 "THREADS one-thread sessions against one THREADS-thread session."),
+    traffic_batch_size: int = typer.Option(32, min=1, help="Batch size of the real-traffic batches."),
+    traffic_repeats: int = typer.Option(2, min=1, help="Real-traffic passes over the dev texts (batches, session layouts)."),
     overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
 ) -> None:
     """Dev-set score via onnxruntime, latency/throughput grid, size and memory, side by side with a baseline."""
@@ -266,7 +280,8 @@ def bench(
     refuse_existing(output, overwrite)
     cfg = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), seq_lens=_ints(seq_lens, "--seq-lens"),
                       threads=threads, warmup=warmup, repeats=repeats, data_dir=str(data_dir) if data_dir else None,
-                      max_eval_samples=max_eval_samples, memory=memory)
+                      max_eval_samples=max_eval_samples, memory=memory, traffic=traffic,
+                      traffic_batch=traffic_batch_size, traffic_repeats=traffic_repeats)
     result = run_bench(artifacts, baseline, cfg)
     write_report(result, output, overwrite=overwrite)
     console.print(Markdown((output / MD_FILE).read_text()))

@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 from abp_deploy.errors import AbpError
+from abp_deploy.exporters.loading import MODEL_FILE
 
-MODEL_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 _DUMMY_TEXTS = ("a short example", "a second and somewhat longer example sentence for the export")

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers.pytorch_utils import prune_linear_layer
 
 SHARED_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+HEADS = [2, 3]  # of 4, after the ragged fixture's prune_heads({0: [1, 2], 1: [0]})
+FFN = [48, 32]  # of 64
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,6 +55,32 @@ def tiny_classifier(tiny_model_dir) -> BertForSequenceClassification:
     """A tiny BERT classifier (2 labels) in eval mode, with a seeded random head, eager attention (as prune loads it)."""
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2, attn_implementation="eager")
+    return model.eval()
+
+
+@pytest.fixture()
+def tokenizer(tiny_model_dir) -> BertTokenizerFast:
+    return BertTokenizerFast.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def ragged(tiny_classifier):
+    """The tiny classifier with different head counts and FFN widths per layer, and input-dependent logits.
+
+    Linears are re-drawn with PyTorch's default init: BERT's std-0.02 init gives near-constant
+    logits, against which an agreement check would prove nothing.
+    """
+    model = tiny_classifier
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    model.prune_heads({0: [1, 2], 1: [0]})
+    for layer, width in zip(model.bert.encoder.layer, FFN):
+        keep = torch.arange(width)
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
     return model.eval()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -76,14 +77,40 @@ def test_bench_of_a_folder_without_export_report_says_to_export(tmp_path):
         bench([tmp_path], cfg=FAST)
 
 
-def test_bench_cli_prints_the_table_and_rejects_a_bad_grid(exported, tmp_path):
+def test_bench_cli_prints_the_grid_and_traffic_tables_and_rejects_a_bad_grid(exported, tmp_path):
     fp32, int8, _ = exported
     runner = CliRunner()
     bad = runner.invoke(app, ["bench", str(int8), "--batch-sizes", "one", "-o", str(tmp_path / "r0")])
     assert bad.exit_code == 1 and "--batch-sizes takes positive integers" in bad.output
     ok = runner.invoke(app, ["bench", str(int8), "--baseline", str(fp32), "-o", str(tmp_path / "r"), "--batch-sizes",
-                             "1", "--seq-lens", "8", "--repeats", "3", "--threads", "1", "--no-memory"],
+                             "1", "--seq-lens", "8", "--repeats", "3", "--threads", "1", "--no-memory", "--traffic",
+                             "--traffic-repeats", "1"],
                        env={"COLUMNS": "200"})
     assert ok.exit_code == 0, ok.output
-    assert "speed-up" in ok.output and (tmp_path / "r" / MD_FILE).is_file()
+    assert "speed-up" in ok.output and "Real traffic" in ok.output and (tmp_path / "r" / MD_FILE).is_file()
     assert np.isfinite(json.loads((tmp_path / "r" / JSON_FILE).read_text())["artifacts"][0]["latency"][0]["p50_ms"])
+
+
+def test_traffic_mode_times_the_dev_texts_through_the_runtime_and_compares_session_layouts(exported, tmp_path):
+    fp32, int8, _ = exported
+    cfg = dataclasses.replace(FAST, threads=2, traffic=True, traffic_batch=8, traffic_repeats=1, memory=False)
+    result = bench([int8], baseline=fp32, cfg=cfg)
+    assert result["traffic"]["texts"] == 32 and 0 < result["traffic"]["tokens"]["mean"] <= 16
+    for row in result["artifacts"]:
+        batched, single = row["traffic"]
+        assert (batched["mode"], batched["calls"], batched["sentences"]) == ("batched", 4, 32)
+        assert (single["mode"], single["calls"], single["sentences"]) == ("single", 32, 32)
+        assert all(t["sentences_per_s"] > 0 and 0 < t["p50_ms"] <= t["p99_ms"] for t in row["traffic"])
+        assert [(c["sessions"], c["threads"]) for c in row["layouts"]] == [(1, 2), (2, 1)]
+    assert [q["mode"] for q in result["artifacts"][1]["vs_baseline"]["traffic"]] == ["batched", "single"]
+    text = (write_report(result, tmp_path / "report") / MD_FILE).read_text()
+    assert "## Real traffic: 32 sst2 dev texts at their own lengths" in text
+    assert "| int8 | CPU | one request at a time | 1 × 2 |" in text
+    assert "one-thread sessions" in text and "one 2-thread session" in text
+
+
+def test_grid_only_bench_has_no_traffic_section(exported, tmp_path):
+    fp32, _, _ = exported
+    result = bench([fp32], cfg=dataclasses.replace(FAST, memory=False))
+    assert result["traffic"] is None and "traffic" not in result["artifacts"][0]
+    assert "Real traffic" not in (write_report(result, tmp_path / "r") / MD_FILE).read_text()

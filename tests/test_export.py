@@ -6,51 +6,23 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from conftest import FFN, HEADS
 from onnx import helper
-from torch import nn
 from transformers import BertForSequenceClassification, BertTokenizerFast
-from transformers.pytorch_utils import prune_linear_layer
 
 from abp_deploy.errors import AbpError
 from abp_deploy.exporters import pipeline
 from abp_deploy.exporters.loading import open_session
+from abp_deploy.exporters.model_card import CARD_FILE
 from abp_deploy.exporters.onnx_export import MODEL_FILE, export_onnx
 from abp_deploy.exporters.optimize import optimize_onnx
 from abp_deploy.exporters.pipeline import REPORT_FILE, export_artifact, sample_batch
 from abp_deploy.exporters.quantize import quantize_int8
 from abp_deploy.exporters.sparsity import sparsify_initializers
-from abp_deploy.exporters.verify import verify_onnx
-
-HEADS = [2, 3]  # of 4, after prune_heads({0: [1, 2], 1: [0]})
-FFN = [48, 32]  # of 64
-
-
-@pytest.fixture()
-def tokenizer(tiny_model_dir) -> BertTokenizerFast:
-    return BertTokenizerFast.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture()
-def ragged(tiny_classifier):
-    """The tiny classifier with different head counts and FFN widths per layer, and input-dependent logits.
-
-    Linears are re-drawn with PyTorch's default init: BERT's std-0.02 init gives near-constant
-    logits, against which an agreement check would prove nothing.
-    """
-    model = tiny_classifier
-    torch.manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
-    model.prune_heads({0: [1, 2], 1: [0]})
-    for layer, width in zip(model.bert.encoder.layer, FFN):
-        keep = torch.arange(width)
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
-    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
-    return model.eval()
+from abp_deploy.exporters.verify import ProviderCannotRun, verify_onnx
 
 
 @pytest.fixture()
@@ -77,7 +49,8 @@ def test_ragged_model_exports_with_logits_matching_pytorch_at_each_level(ragged,
     assert fp32.precision == "fp32" and fp32.examples == 16
     assert fp32.max_abs_diff <= (1e-2 if level == "O3" else 1e-4)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [MODEL_FILE, REPORT_FILE, "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        [MODEL_FILE, REPORT_FILE, CARD_FILE, "config.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json",
          "vocab.txt"])
 
 
@@ -151,6 +124,38 @@ def test_export_report_records_shape_fusions_sizes_and_versions(ragged, tokenize
     assert {"onnx", "onnxruntime", "torch", "transformers"} <= set(report["versions"])
 
 
+def test_fp16_export_keeps_fp32_inputs_and_outputs_and_is_verified_where_it_runs(ragged, tokenizer, tmp_path):
+    report = export_artifact(ragged, tokenizer, tmp_path / "out", optimize="O2", precision="fp16")
+    fp32, fp16 = report.verification
+    assert (fp32.precision, fp16.precision) == ("fp32", "fp16") and report.unverified == []
+    assert fp16.max_abs_diff <= fp16.atol and fp16.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    graph = onnx.load(str(tmp_path / "out" / MODEL_FILE)).graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT64] * 3
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    assert report.file_bytes["fp16"] < 0.6 * report.file_bytes["optimized"]
+
+
+def test_fp16_graph_the_provider_cannot_run_is_reported_unverified_not_passed(ragged, tokenizer, tmp_path,
+                                                                                monkeypatch):
+    def cannot_run(path, model, batch, precision, atol):
+        if precision == "fp16":
+            raise ProviderCannotRun("onnxruntime's CPUExecutionProvider cannot run this fp16 graph")
+        return verify_onnx(path, model, batch, precision, atol=atol)
+
+    monkeypatch.setattr(pipeline, "verify_onnx", cannot_run)
+    report = export_artifact(ragged, tokenizer, tmp_path / "out", optimize="O2", precision="fp16")
+    assert [c.precision for c in report.verification] == ["fp32"]
+    assert report.unverified == ["onnxruntime's CPUExecutionProvider cannot run this fp16 graph"]
+    card = (tmp_path / "out" / CARD_FILE).read_text()
+    assert "**not verified**: onnxruntime's CPUExecutionProvider cannot run this fp16 graph" in card
+
+
+def test_fp16_with_int8_is_refused_in_one_line(ragged, tokenizer, tmp_path):
+    with pytest.raises(AbpError, match="fp16 precision and int8 quantization exclude each other"):
+        export_artifact(ragged, tokenizer, tmp_path / "out", precision="fp16", quantize="int8")
+
+
 def test_failed_verification_leaves_no_output_folder_and_keeps_an_existing_one(ragged, tokenizer, tmp_path,
                                                                                  monkeypatch):
     monkeypatch.setattr(pipeline, "FP32_ATOL", -1.0)  # no export can pass
@@ -183,6 +188,13 @@ def test_damaged_or_missing_onnx_file_raises_a_one_line_abp_error(raw_onnx, dama
     with pytest.raises(AbpError, match=expected) as err:
         open_session(raw_onnx.parent)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA can start here")
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own warning before the fallback
+def test_a_provider_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(raw_onnx):
+    with pytest.raises(AbpError, match="could not start CUDAExecutionProvider .* fell back to CPUExecutionProvider"):
+        open_session(raw_onnx, providers=["CUDAExecutionProvider"])
 
 
 def test_optimum_pipeline_turns_text_into_the_label_pytorch_predicts(ragged, tokenizer, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from abp_deploy.cli.app import app
 from abp_deploy.errors import AbpError
 from abp_deploy.export_run import export_model, load_source
 from abp_deploy.exporters.loading import open_session
+from abp_deploy.exporters.model_card import CARD_FILE
+from abp_deploy.runtime import Classifier
 
 
 def onnx_logits(folder, batch):
@@ -61,3 +64,53 @@ def test_export_cli_reports_fusion_and_verification_and_rejects_unknown_format(s
     bad = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "tfl"), "--format", "tflite"])
     assert bad.exit_code == 1 and "unknown export format 'tflite'" in bad.output
     assert not (tmp_path / "tfl").exists()
+
+
+def test_export_writes_a_model_card_that_names_the_dev_score_base_model_and_structure(sparse_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    export_model(sparse_run, tmp_path / "onnx")
+    manifest = json.loads((Path(sparse_run) / "manifest.json").read_text())
+    card = ModelCard.load(tmp_path / "onnx" / CARD_FILE)
+    result = card.data.eval_results[0]
+    assert (result.dataset_name, result.metric_type) == ("sst2", "accuracy")
+    assert result.metric_value == manifest["dev_metrics"]["dev"]["accuracy"]
+    assert f"accuracy {manifest['dev_metrics']['dev']['accuracy']:.4f} on dev" in card.text
+    assert manifest["base_model_sha256"] in card.text and "| heads kept |" in card.text
+    assert "fp32 on CPUExecutionProvider" in card.text and "Classifier(" in card.text
+
+
+def test_triton_export_writes_a_repository_whose_config_parses_and_names_the_graphs_inputs_and_output(
+        sparse_run, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    export_model(sparse_run, tmp_path / "repo", fmt="triton", name="sst2-abp")
+    entry = tmp_path / "repo" / "sst2-abp"
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    session = open_session(entry / "1")
+    assert config.name == "sst2-abp" and config.backend == "onnxruntime" and config.max_batch_size > 0
+    assert [(i.name, list(i.dims)) for i in config.input] == [(i.name, [-1]) for i in session.get_inputs()]
+    assert all(i.data_type == model_config_pb2.TYPE_INT64 for i in config.input)
+    (output,) = config.output
+    assert (output.name, list(output.dims), output.data_type) == (session.get_outputs()[0].name, [2],
+                                                                  model_config_pb2.TYPE_FP32)
+    assert (entry / output.label_filename).read_text().split() == ["negative", "positive"]
+    assert config.HasField("dynamic_batching")
+    assert Classifier(entry / "1").predict(["a good movie"])[0].label in ("negative", "positive")
+
+
+def test_export_cli_writes_fp16_and_triton_and_refuses_a_name_without_triton(sparse_run, tmp_path):
+    runner = CliRunner()
+    fp16 = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "fp16"), "--precision", "fp16"],
+                         env={"COLUMNS": "200"})
+    assert fp16.exit_code == 0, fp16.output
+    assert "verified fp16" in fp16.output
+    assert json.loads((tmp_path / "fp16" / "export_report.json").read_text())["precision"] == "fp16"
+    triton = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "repo"), "--format", "triton"],
+                           env={"COLUMNS": "200"})
+    assert triton.exit_code == 0, triton.output
+    assert "tritonserver --model-repository" in triton.output
+    assert (tmp_path / "repo" / "run" / "1" / "model.onnx").is_file()
+    named = runner.invoke(app, ["export", sparse_run, "-o", str(tmp_path / "x"), "--name", "m"])
+    assert named.exit_code == 1 and "use it with --format triton" in named.output
