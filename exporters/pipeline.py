@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +13,7 @@ from transformers import PreTrainedModel
 
 from abp_deploy.atomic import atomic_dir
 from abp_deploy.errors import AbpError
+from abp_deploy.versions import versions
 from abp_deploy.exporters.fp16 import convert_fp16
 from abp_deploy.exporters.loading import REPORT_FILE
 from abp_deploy.exporters.model_card import CARD_FILE, model_card
@@ -57,11 +57,6 @@ def sample_batch(tokenizer, texts: tuple[str, ...] = _SAMPLE_TEXTS) -> dict[str,
     """A padded int64 batch of `texts` with the inputs the export takes."""
     batch = tokenizer(list(texts), padding=True, return_tensors="np")
     return {name: batch[name].astype(np.int64) for name in input_names(tokenizer)}
-
-
-def _versions() -> dict[str, str]:
-    """Versions of the libraries that made and checked the graph."""
-    return {name: version(name) for name in ("abp-deploy", "torch", "transformers", "onnx", "onnxruntime")}
 
 
 def _checked(path: Path, model: PreTrainedModel, batch: dict[str, np.ndarray], precision: str, atol: float,
@@ -117,7 +112,7 @@ def _build(model: PreTrainedModel, tokenizer, work: Path, optimize: Level | None
         fusion=fusion, heads=[layer.attention.self.num_attention_heads for layer in layers],
         intermediate_sizes=[layer.intermediate.dense.out_features for layer in layers],
         file_bytes=sizes | {"model.onnx": path.stat().st_size}, verification=checks, unverified=unverified,
-        versions=_versions(),
+        versions=versions(),
     )
 
 

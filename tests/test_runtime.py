@@ -83,7 +83,7 @@ def test_predict_gives_the_configs_label_and_its_softmax_probability(exported, t
 
 def test_regression_model_predicts_its_value_without_a_label(tiny_model_dir, tokenizer, tmp_path):
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1, attn_implementation="eager").eval()
     export_artifact(model, tokenizer, tmp_path / "stsb", optimize=None)
     predictions = Classifier(tmp_path / "stsb").predict(TEXTS[:2])
     with torch.no_grad():
