@@ -17,6 +17,7 @@ from abp_deploy.evaluation import dev_loader, evaluate
 from abp_deploy.export_run import export_model
 from abp_deploy.exporters.loading import open_session
 from abp_deploy.latency import time_interleaved
+from abp_deploy.memory_probe import peak_memory_mb
 from abp_deploy.onnx_scoring import score_onnx
 from abp_deploy.tasks import get_task
 
@@ -61,6 +62,14 @@ def test_bench_writes_json_markdown_and_plots_with_ratios_against_the_baseline(e
     assert "| int8 |" in (out / MD_FILE).read_text()
     for plot in PLOTS:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_memory_probe_reports_its_own_peak_not_the_high_water_mark_of_a_big_parent(exported):
+    fp32, _, _ = exported
+    ballast = np.ones(1 << 27)  # 1 GiB, written: this process's peak is now above 1 GiB, as under `abp-deploy run`
+    probe = peak_memory_mb(fp32, batch=4, seq=16, threads=1, vocab_size=40)
+    del ballast
+    assert 0 < probe["model_mb"] < probe["peak_rss_mb"] < 512
 
 
 def test_bench_of_a_truncated_onnx_file_fails_with_one_clear_line(exported):
