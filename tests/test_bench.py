@@ -54,7 +54,9 @@ def test_bench_writes_json_markdown_and_plots_with_ratios_against_the_baseline(e
     result = bench([int8], baseline=fp32, cfg=FAST)
     base, other = result["artifacts"]
     assert result["baseline"] == "fp32" and len(other["latency"]) == 2
-    assert all(q["speedup_p50"] == 1.0 for q in base["vs_baseline"]["latency"])
+    for cell, ratio, base_cell in zip(other["latency"], other["vs_baseline"]["latency"], base["latency"]):
+        assert ratio["speedup_p50"] == pytest.approx(base_cell["p50_ms"] / cell["p50_ms"])
+        assert ratio["throughput_ratio"] == pytest.approx(cell["throughput"] / base_cell["throughput"])
     assert other["vs_baseline"]["size_ratio"] < 0.6  # int8 weights
     assert other["memory"]["peak_rss_mb"] > 0
     out = write_report(result, tmp_path / "report")
