@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
+                          PreTrainedModel)
 
 from abp_deploy.errors import AbpError
 from abp_deploy.tasks import TaskSpec
@@ -35,6 +36,12 @@ def _unreachable(name: str, exc: Exception) -> AbpError:
                         "is it a save_pretrained folder with config.json and weights?")
     return AbpError(f"could not load '{name}' from the Hugging Face hub (offline or unknown id): "
                     f"use --model {OFFLINE_ALIAS} (packaged, offline) or --model PATH to a local folder")
+
+
+def max_sequence_length(config: PretrainedConfig) -> int:
+    """The longest input the model's position embeddings cover (RoBERTa's positions start after the padding index)."""
+    offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
+    return config.max_position_embeddings - offset
 
 
 def load_tokenizer(name: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -79,6 +80,43 @@ def test_bench_of_a_truncated_onnx_file_fails_with_one_clear_line(exported):
     data = (fp32 / "model.onnx").read_bytes()
     (fp32 / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(AbpError, match="not a valid ONNX model"):
+        bench([fp32], cfg=FAST)
+
+
+@pytest.mark.parametrize("setting", [{"repeats": 0}, {"warmup": -1}, {"threads": 0}, {"max_eval_samples": 0},
+                                     {"seq_lens": (0,)}], ids=lambda d: next(iter(d)))
+def test_bench_refuses_settings_it_cannot_measure_before_any_work(tmp_path, setting):
+    option = "--" + next(iter(setting)).replace("_", "-")
+    with pytest.raises(AbpError, match=f"{option} .* is too small: pass"):
+        bench([tmp_path / "not-even-an-artefact"], cfg=dataclasses.replace(FAST, **setting))
+
+
+def test_bench_refuses_sequences_longer_than_the_models_positions(exported):
+    fp32, _, _ = exported
+    with pytest.raises(AbpError, match="--seq-lens 128 is longer than 64 tokens, the most that fp32 takes"):
+        bench([fp32], cfg=dataclasses.replace(FAST, seq_lens=(16, 128)))
+
+
+def test_bench_times_artefacts_with_different_vocabularies_side_by_side(exported, other_base_model, tiny_model_dir,
+                                                                         tiny_glue_dir, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from abp_deploy.exporters.pipeline import export_artifact
+
+    fp32, _, _ = exported
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bigger = BertForSequenceClassification.from_pretrained(other_base_model, num_labels=2)
+    assert bigger.config.vocab_size > tokenizer.vocab_size
+    provenance = {"task": "sst2", "max_length": 16, "data_dir": str(tiny_glue_dir)}
+    export_artifact(bigger, tokenizer, tmp_path / "bigger", optimize=None, extra_report={"provenance": provenance})
+    result = bench([fp32], baseline=tmp_path / "bigger", cfg=dataclasses.replace(FAST, memory=False))
+    assert [len(row["latency"]) for row in result["artifacts"]] == [2, 2]
+
+
+def test_bench_of_an_artefact_without_model_onnx_says_to_re_export(exported, tmp_path):
+    fp32, _, _ = exported
+    (fp32 / "model.onnx").unlink()
+    with pytest.raises(AbpError, match="fp32 has no model.onnx: re-run abp-deploy export"):
         bench([fp32], cfg=FAST)
 
 
