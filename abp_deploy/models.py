@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -54,10 +55,12 @@ def load_tokenizer(name: str):
 
 
 def load_classifier(name: str, task: TaskSpec) -> tuple[PreTrainedModel, set[str]]:
-    """Pretrained encoder + a new task head; returns the model and the names of newly created weights.
+    """Pretrained encoder + a new task head; returns the model and the names of the weights the checkpoint
+    lacked, which were initialised afresh.
 
-    The new weights (classifier, and the pooler when the checkpoint has none) are the task head:
-    they are the only weights adapting-by-pruning trains.
+    Those are the task head: the classifier, and the pooler when the checkpoint has none (sentence-transformers
+    exports, checkpoints saved from masked-LM heads). They are the only weights adapting-by-pruning trains,
+    and `weights_hash` must skip them.
     """
     path = resolve_model(name)
     try:
@@ -87,10 +90,17 @@ def prunable_linears(model: PreTrainedModel, include_pooler: bool = True) -> dic
             if isinstance(mod, nn.Linear) and (include_pooler or not name.startswith("pooler"))}
 
 
-def weights_hash(model: PreTrainedModel) -> str:
-    """sha256 over the base model's tensors (names, dtypes, shapes, bytes): identifies the backbone."""
+def weights_hash(model: PreTrainedModel, skip: Collection[str] = ()) -> str:
+    """sha256 over the base model's tensors (names, dtypes, shapes, bytes): identifies the backbone.
+
+    `skip` names weights as `load_classifier` returns them: those the checkpoint did not provide were drawn at
+    random, so hashing them would make every load of the same checkpoint look like another backbone.
+    """
+    prefix = model.base_model_prefix + "."
     h = hashlib.sha256()
     for name, tensor in sorted(model.base_model.state_dict().items()):
+        if prefix + name in skip:
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
