@@ -43,8 +43,9 @@ def check_base(model: PreTrainedModel, initialised: set[str], name: str, manifes
     same_name = name == pruned_from
     fix = ("restore that checkpoint, or re-run abp-deploy prune" if same_name
            else f"pass --model {pruned_from}, the model it was pruned from")
-    if recorded is None and any(k.startswith(model.base_model_prefix + ".") for k in initialised):
-        raise AbpError(f"{name} lacks {_some(sorted(initialised))}, and this run (older than the record of initialised "
+    base_initialised = sorted(k for k in initialised if k.startswith(model.base_model_prefix + "."))
+    if recorded is None and base_initialised:
+        raise AbpError(f"{name} lacks {_some(base_initialised)}, and this run (older than the record of initialised "
                        "weights in manifest.json) hashed their random values, so its base cannot be checked: "
                        "re-run abp-deploy prune")
     if recorded is not None and set(recorded) != initialised:

@@ -25,7 +25,7 @@ from abp_deploy.tasks import TaskSpec
 SUBSAMPLE_SEED = 0  # subsamples do not move with --seed, so runs with different seeds see the same data
 OFFLINE_DEV_FRACTION = 0.1
 OFFLINE_SPLIT_SEED = 42
-_SKIPPED = re.compile(r"(\d+) malformed rows skipped")
+_SKIPPED = re.compile(r"malformed rows skipped: (\d+)")
 log = logging.getLogger(__name__)
 
 
@@ -123,8 +123,8 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> datasets.Dataset:
     if not y:
         raise AbpError(f"{path} has no examples: pass a --data-dir whose {task.tsv_dir} files hold the task's data")
     if skipped:
-        log.warning("%s: %d malformed rows skipped (fields missing), as GLUE's own reader does", path, skipped)
-    return _dataset(a, b if layout.text_b is not None else None, y, f"{path}: {skipped} malformed rows skipped")
+        log.warning("%s: skipped %d malformed row(s) missing fields, as GLUE's own reader does", path, skipped)
+    return _dataset(a, b if layout.text_b is not None else None, y, f"{path}: malformed rows skipped: {skipped}")
 
 
 def _read_rows(path: Path) -> list[list[str]]:
