@@ -162,8 +162,8 @@ def _pooler_less_run(ws: Workspace, scratch: Path) -> None:
                       max_length=16, batch_size=16, max_steps=2, checkpoint_every=0, progress=False, device="cpu"))
 
 
-def _bench(scratch: Path, *args: str, repeats: int = 2) -> list[str]:
-    return ["bench", *args, "-o", str(scratch / "report"), "--batch-sizes", "1", "--seq-lens", "8",
+def _bench(scratch: Path, *args: str, repeats: int = 2, seq_len: int = 8) -> list[str]:
+    return ["bench", *args, "-o", str(scratch / "report"), "--batch-sizes", "1", "--seq-lens", str(seq_len),
             "--repeats", str(repeats), "--warmup", "1", "--threads", "1", "--no-memory"]
 
 
@@ -175,6 +175,8 @@ def _prune(task: str, data_dir: Path, model: Path, scratch: Path) -> list[str]:
 UTF16_DEV = "sentence\tlabel\ngood film\t1\n".encode("utf-16")
 CASES: list[Case] = [
     Case("bench --repeats 0", lambda ws, d: _bench(d, str(ws.onnx), repeats=0)),
+    Case("bench --seq-lens beyond the model's position embeddings",
+         lambda ws, d: _bench(d, str(ws.onnx), seq_len=1000)),
     Case("bench of artefacts with different vocabularies", valid=True,
          args=lambda ws, d: _bench(d, str(ws.onnx), "--baseline", str(ws.onnx_big_vocab))),
     Case("bench of a folder without model.onnx", lambda ws, d: _bench(d, str(d / "art")),
