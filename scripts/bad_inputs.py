@@ -9,9 +9,9 @@ folder of its own. tests/test_bad_inputs.py runs every case.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,7 @@ class Workspace:
     model: Path  # save_pretrained folder of a tiny BERT with a pooler
     glue: Path  # SST-2 train/dev in the GLUE layout
     run: Path  # a finished prune run of `model` on SST-2
-    onnx: Path  # that run exported at O2
+    onnx: Path  # that run exported (no graph optimisation: quicker to build)
     onnx_big_vocab: Path  # an SST-2 export of another tiny BERT with a larger vocabulary
 
 
@@ -83,21 +83,27 @@ def _sst2_rows(n: int) -> list[str]:
     return [f"the movie was {'good' if i % 2 else 'bad'}\t{i % 2}" for i in range(n)]
 
 
+def tiny_prune(model: Path, glue: Path, out: Path) -> Path:
+    """A two-step ABP run of a tiny model on the tiny SST-2 (seconds): enough for a complete run folder."""
+    from abp_deploy.prune import PruneConfig, prune
+
+    prune(PruneConfig(task="sst2", model=str(model), data_dir=str(glue), output=str(out), max_length=16,
+                      batch_size=16, max_steps=2, checkpoint_every=0, progress=False, device="cpu"))
+    return out
+
+
 def build_workspace(root: Path) -> Workspace:
     """Make the tiny model, data, run and exports the cases need (about ten seconds on two cores)."""
     from abp_deploy.export_run import export_model
     from abp_deploy.exporters.pipeline import export_artifact
     from abp_deploy.models import load_classifier, load_tokenizer
-    from abp_deploy.prune import PruneConfig, prune
     from abp_deploy.tasks import get_task
 
     model = tiny_bert(root / "tiny-bert", TINY_WORDS)
     glue = root / "glue"
     write_tsv(glue / "SST-2" / "train.tsv", "sentence\tlabel", _sst2_rows(32))
     write_tsv(glue / "SST-2" / "dev.tsv", "sentence\tlabel", _sst2_rows(8))
-    run = root / "run"
-    prune(PruneConfig(task="sst2", model=str(model), data_dir=str(glue), output=str(run), max_length=16,
-                      batch_size=16, max_steps=2, checkpoint_every=0, progress=False, device="cpu"))
+    run = tiny_prune(model, glue, root / "run")
     onnx = root / "onnx"
     export_model(run, onnx, optimize=None)
     big = tiny_bert(root / "tiny-bert-big-vocab", TINY_WORDS + [f"word{i}" for i in range(200)], seed=1)
@@ -108,12 +114,6 @@ def build_workspace(root: Path) -> Workspace:
     return Workspace(root, model, glue, run, onnx, root / "onnx-big-vocab")
 
 
-def _copy_run(ws: Workspace, scratch: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(ws.run, scratch / "run"))
-
-
 def _short_mask(ws: Workspace, scratch: Path) -> None:
     """A run whose mask bytes cover half of each matrix, with a manifest re-hashed to match (as a buggy writer would)."""
     from safetensors import safe_open
@@ -121,7 +121,7 @@ def _short_mask(ws: Workspace, scratch: Path) -> None:
 
     from abp_deploy.artifacts import MANIFEST_FILE, MASK_FILE, file_sha256
 
-    run = _copy_run(ws, scratch)
+    run = Path(shutil.copytree(ws.run, scratch / "run"))
     with safe_open(str(run / MASK_FILE), "pt") as f:
         meta, packed = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file({k: v[: len(v) // 2].clone() for k, v in packed.items()}, str(run / MASK_FILE), metadata=meta)
@@ -155,11 +155,13 @@ def _qqp_short_rows(ws: Workspace, scratch: Path) -> None:
 
 def _pooler_less_run(ws: Workspace, scratch: Path) -> None:
     """A finished prune run of a checkpoint saved without pooler weights (as sentence-transformers exports are)."""
-    from abp_deploy.prune import PruneConfig, prune
+    tiny_prune(tiny_bert(scratch / "no-pooler", TINY_WORDS, pooler=False), ws.glue, scratch / "run")
 
-    model = tiny_bert(scratch / "no-pooler", TINY_WORDS, pooler=False)
-    prune(PruneConfig(task="sst2", model=str(model), data_dir=str(ws.glue), output=str(scratch / "run"),
-                      max_length=16, batch_size=16, max_steps=2, checkpoint_every=0, progress=False, device="cpu"))
+
+def _report_without_model(ws: Workspace, scratch: Path) -> None:
+    """An export folder whose model.onnx is gone (deleted, or a copy that skipped the large file)."""
+    (scratch / "art").mkdir()
+    shutil.copy(ws.onnx / "export_report.json", scratch / "art")
 
 
 def _bench(scratch: Path, *args: str, repeats: int = 2, seq_len: int = 8) -> list[str]:
@@ -180,8 +182,7 @@ CASES: list[Case] = [
     Case("bench of artefacts with different vocabularies", valid=True,
          args=lambda ws, d: _bench(d, str(ws.onnx), "--baseline", str(ws.onnx_big_vocab))),
     Case("bench of a folder without model.onnx", lambda ws, d: _bench(d, str(d / "art")),
-         prepare=lambda ws, d: (d / "art").mkdir() or (d / "art" / "export_report.json").write_text(
-             (ws.onnx / "export_report.json").read_text())),
+         prepare=_report_without_model),
     Case("STS-B train.tsv with a non-numeric score", lambda ws, d: _prune("stsb", d, ws.model, d),
          prepare=_stsb_word_score),
     Case("empty dev.tsv", lambda ws, d: _bench(d, str(ws.onnx), "--data-dir", str(d)), prepare=_dev_file(b"")),
