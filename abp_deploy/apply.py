@@ -29,6 +29,36 @@ def apply_masks(model: PreTrainedModel, masks: dict[str, torch.Tensor]) -> None:
         weight.mul_(mask.to(weight.device, weight.dtype))
 
 
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_base(model: PreTrainedModel, initialised: set[str], name: str, manifest: dict) -> None:
+    """Refuse a base model other than the run's, saying what differs: the weights its checkpoint provides, or their values.
+
+    Weights the checkpoint lacked (`initialised`, e.g. a missing pooler) are random on every load: the run
+    keeps them in its head file, and they are compared by name only, not hashed.
+    """
+    recorded, pruned_from = manifest.get("initialised_weights"), manifest["base_model"]
+    same_name = name == pruned_from
+    fix = ("restore that checkpoint, or re-run abp-deploy prune" if same_name
+           else f"pass --model {pruned_from}, the model it was pruned from")
+    base_initialised = sorted(k for k in initialised if k.startswith(model.base_model_prefix + "."))
+    if recorded is None and base_initialised:
+        raise AbpError(f"{name} lacks {_some(base_initialised)}, and this run (older than the record of initialised "
+                       "weights in manifest.json) hashed their random values, so its base cannot be checked: "
+                       "re-run abp-deploy prune")
+    if recorded is not None and set(recorded) != initialised:
+        lacks, has = sorted(initialised - set(recorded)), sorted(set(recorded) - initialised)
+        differs = "; ".join([f"it lacks {_some(lacks)}"] * bool(lacks) + [f"it provides {_some(has)}"] * bool(has))
+        raise AbpError(f"base model {name} does not provide the weights the run's base did ({differs}): {fix}")
+    digest, expected = weights_hash(model, skip=initialised), manifest["base_model_sha256"]
+    if digest != expected:
+        what = (f"the weights of {name} changed since this run was pruned" if same_name
+                else f"base model {name} is not the one this run was pruned from")
+        raise AbpError(f"{what} (sha256 of its weights {digest[:12]} != {expected[:12]}): {fix}")
+
+
 @torch.no_grad()
 def load_run_model(run_dir: str | Path, base_model: str | None = None) -> tuple[PreTrainedModel, object, TaskSpec, dict]:
     """The masked task model of a finished run, built from a freshly loaded base model.
@@ -40,11 +70,8 @@ def load_run_model(run_dir: str | Path, base_model: str | None = None) -> tuple[
     manifest = read_manifest(run_dir)
     task = get_task(manifest["task"])
     name = base_model or manifest["base_model"]
-    model, _ = load_classifier(name, task)
-    digest = weights_hash(model)
-    if digest != manifest["base_model_sha256"]:
-        raise AbpError(f"base model {name} is not the one this run was pruned from (weights sha256 {digest[:12]} "
-                       f"!= {manifest['base_model_sha256'][:12]}): pass --model {manifest['base_model']}")
+    model, initialised = load_classifier(name, task)
+    check_base(model, initialised, name, manifest)
     if (run_dir / WEIGHTS_FILE).exists():
         model.base_model.load_state_dict(load_tensors(run_dir / WEIGHTS_FILE))
     head = load_tensors(run_dir / HEAD_FILE)

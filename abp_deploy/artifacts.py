@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from abp_deploy.atomic import incomplete_dir, write_json
@@ -36,25 +37,31 @@ def save_mask(masks: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_mask(path: Path) -> dict[str, torch.Tensor]:
-    """Read a bit-packed mask file back to boolean tensors, with a clear error if it is damaged."""
+    """Read a bit-packed mask file back to boolean tensors; one line when it is damaged or its bytes do not
+    fit the shapes it records (unpacking would silently pad the missing bits with zeros)."""
     try:
-        packed = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+            packed = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise AbpError(f"mask file {path} is unreadable (truncated or corrupted?): re-run abp-deploy prune") from exc
     if meta.get("format") != MASK_FORMAT:
         raise AbpError(f"{path} is not an abp-deploy mask (format {meta.get('format')!r}): pass a run folder made by prune")
-    shapes = json.loads(meta["shapes"])
+    try:
+        shapes = {name: [int(d) for d in shape] for name, shape in json.loads(meta["shapes"]).items()}
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise AbpError(f"mask file {path} has no readable shapes in its metadata: re-run abp-deploy prune") from exc
+    if set(shapes) != set(packed):
+        odd = sorted(set(shapes) ^ set(packed))
+        raise AbpError(f"mask file {path} records shapes and bits for different matrices ({', '.join(odd[:3])}): "
+                       "re-run abp-deploy prune")
     out = {}
     for name, bits in packed.items():
-        shape = shapes[name]
-        n = int(np.prod(shape))
-        flat = np.unpackbits(bits.numpy(), count=n)
-        if flat.size != n:
-            raise AbpError(f"mask file {path}: tensor {name} is shorter than its shape {shape}: re-run abp-deploy prune")
-        out[name] = torch.from_numpy(flat.astype(bool)).view(*shape)
+        count = math.prod(shapes[name])
+        if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (count + 7) // 8:
+            raise AbpError(f"mask file {path}: {name} holds {bits.numel()} bytes but its shape {shapes[name]} needs "
+                           f"{(count + 7) // 8}: the file is damaged; re-run abp-deploy prune")
+        out[name] = torch.from_numpy(np.unpackbits(bits.numpy(), count=count).astype(bool)).view(*shapes[name])
     return out
 
 

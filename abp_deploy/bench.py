@@ -12,9 +12,10 @@ import onnxruntime as ort
 from transformers import AutoConfig
 
 from abp_deploy.errors import AbpError
-from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, open_session
+from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, MODEL_FILE, open_session
 from abp_deploy.latency import time_interleaved
 from abp_deploy.memory_probe import peak_memory_mb
+from abp_deploy.models import max_sequence_length
 from abp_deploy.onnx_scoring import read_export_report, score_onnx
 from abp_deploy.progress import item_progress
 from abp_deploy.runtime import Classifier
@@ -52,10 +53,31 @@ def available_providers(requested: tuple[str, ...] | None) -> list[str]:
     return list(requested)
 
 
+def _check(cfg: BenchConfig) -> None:
+    """Refuse settings that cannot be measured, before any work."""
+    least = {"--repeats": (cfg.repeats, 1), "--warmup": (cfg.warmup, 0), "--threads": (cfg.threads, 1),
+             "--batch-sizes": (min(cfg.batch_sizes, default=0), 1), "--seq-lens": (min(cfg.seq_lens, default=0), 1)}
+    if cfg.max_eval_samples is not None:
+        least["--max-eval-samples"] = (cfg.max_eval_samples, 1)
+    for option, (value, minimum) in least.items():
+        if value < minimum:
+            raise AbpError(f"{option} {value} is too small: pass {minimum} or more")
+
+
+def _config(folder: Path):
+    """The artefact's config.json, with a one-line error when it is missing or damaged."""
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise AbpError(f"{folder} has no readable config.json ({type(exc).__name__}): re-run abp-deploy export") from exc
+
+
 def _describe(folder: Path) -> dict:
     """Name, provenance and shape of one artefact, from its export report and config."""
     report = read_export_report(folder)
-    config = AutoConfig.from_pretrained(folder)
+    if not (folder / MODEL_FILE).is_file():
+        raise AbpError(f"{folder} has no {MODEL_FILE}: re-run abp-deploy export")
+    config = _config(folder)
     prov, bake = report["provenance"], report.get("bake", {})
     return {
         "name": folder.name, "path": str(folder), "task": prov["task"], "method": prov.get("method"),
@@ -64,7 +86,8 @@ def _describe(folder: Path) -> dict:
         "heads": report["heads"], "intermediate_sizes": report["intermediate_sizes"],
         "full_heads": config.num_attention_heads, "full_intermediate_size": config.intermediate_size,
         "params": bake.get("params_after"), "flops_per_token": bake.get("flops_per_token_after"),
-        "size_mb": (folder / "model.onnx").stat().st_size / 1e6, "vocab_size": config.vocab_size,
+        "size_mb": (folder / MODEL_FILE).stat().st_size / 1e6, "vocab_size": config.vocab_size,
+        "max_seq_len": max_sequence_length(config),
         "attention_fused": (report.get("fusion") or {}).get("fused", {}).get("Attention"),
     }
 
@@ -118,6 +141,7 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     ratio against it, measured in the same run on the same machine.
     """
     cfg = cfg or BenchConfig()
+    _check(cfg)
     folders = ([Path(baseline)] if baseline else []) + [Path(a) for a in artifacts]
     if not folders:
         raise AbpError("nothing to bench: pass one or more folders written by abp-deploy export")
@@ -127,6 +151,11 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     rows = [_describe(f) for f in folders]
     if len({r["task"] for r in rows}) > 1:
         raise AbpError(f"artefacts of different tasks cannot be compared: {sorted({r['task'] for r in rows})}")
+    longest = min(r["max_seq_len"] for r in rows)
+    if max(cfg.seq_lens) > longest:
+        raise AbpError(f"--seq-lens {max(cfg.seq_lens)} is longer than {longest} tokens, the most that "
+                       f"{min(rows, key=lambda r: r['max_seq_len'])['name']} takes: pass shorter --seq-lens")
+    vocab = min(r["vocab_size"] for r in rows)  # token ids every artefact can embed: timing does not depend on them
     providers = available_providers(cfg.providers)
     cells = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lens]
     total = len(rows) * (1 + int(cfg.memory)) + len(cells) * len(providers)
@@ -141,7 +170,7 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
             sessions = cpu if provider == CPU_PROVIDER else {
                 r["name"]: open_session(f, providers=[provider], threads=cfg.threads) for r, f in zip(rows, folders)}
             for batch, seq in cells:
-                stats = time_interleaved(sessions, batch, seq, rows[0]["vocab_size"], cfg.warmup, cfg.repeats)
+                stats = time_interleaved(sessions, batch, seq, vocab, cfg.warmup, cfg.repeats)
                 for row in rows:
                     row["latency"].append({"provider": provider} | asdict(stats[row["name"]]))
                 bar.advance()

@@ -7,7 +7,11 @@ never know where the examples came from.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import logging
+import math
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from abp_deploy.tasks import TaskSpec
 SUBSAMPLE_SEED = 0  # subsamples do not move with --seed, so runs with different seeds see the same data
 OFFLINE_DEV_FRACTION = 0.1
 OFFLINE_SPLIT_SEED = 42
+_SKIPPED = re.compile(r"malformed rows skipped: (\d+)")
+log = logging.getLogger(__name__)
 
 
 def split_names(task: TaskSpec) -> tuple[str, ...]:
@@ -44,14 +50,26 @@ def load_split(task: TaskSpec, split: str, data_dir: str | Path | None = None,
     return ds
 
 
-def _dataset(a: list[str], b: list[str] | None, labels: list) -> datasets.Dataset:
+def skipped_rows(ds: datasets.Dataset) -> int:
+    """How many malformed rows the tsv reader skipped in the file `ds` was read from (kept through map/select)."""
+    found = _SKIPPED.search(ds.info.description or "")
+    return int(found.group(1)) if found else 0
+
+
+def _dataset(a: list[str], b: list[str] | None, labels: list, description: str = "") -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text_a": a, "text_b": b if b is not None else [None] * len(a),
-                                       "label": labels})
+                                       "label": labels}, info=datasets.DatasetInfo(description=description))
 
 
 def _label_id(task: TaskSpec, raw: str, where: str) -> int | float:
     if task.is_regression:
-        return float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise AbpError(f"{where}: score '{raw}' is not a number: is the label column right for this task?")
+        return value
     if raw in task.labels:
         return task.labels.index(raw)
     try:
@@ -75,8 +93,7 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> datasets.Dataset:
     if not path.is_file():
         raise AbpError(f"{path} not found: --data-dir must hold the GLUE layout "
                        f"({task.tsv_dir}/train.tsv, {task.tsv_dir}/{task.tsv_dev_files[task.dev_splits[0]]})")
-    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC's header starts with a BOM
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = _read_rows(path)
     layout = task.tsv
     header = rows.pop(0) if layout.has_header else None
     cols = [layout.text_a, layout.label] + ([layout.text_b] if layout.text_b is not None else [])
@@ -88,19 +105,45 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> datasets.Dataset:
         index = {c: header.index(c) for c in cols}
     else:
         index = {c: c for c in cols}
-    a, b, y = [], [], []
+    a, b, y, skipped = [], [], [], 0
     for lineno, row in enumerate(rows, start=2 if header else 1):
         if not row:
             continue
         # MNLI's label column is the last one; header names handle that, positions are for CoLA only.
         if len(row) <= max(index.values()):
+            if layout.skip_short_rows:
+                skipped += 1
+                continue
             raise AbpError(f"{path}:{lineno} has {len(row)} fields, expected at least {max(index.values()) + 1}: "
                            "the file is truncated or not in the GLUE layout")
         a.append(row[index[layout.text_a]])
         if layout.text_b is not None:
             b.append(row[index[layout.text_b]])
         y.append(_label_id(task, row[index[layout.label]], f"{path}:{lineno}"))
-    return _dataset(a, b if layout.text_b is not None else None, y)
+    if not y:
+        raise AbpError(f"{path} has no examples: pass a --data-dir whose {task.tsv_dir} files hold the task's data")
+    if skipped:
+        log.warning("%s: skipped %d malformed row(s) missing fields, as GLUE's own reader does", path, skipped)
+    return _dataset(a, b if layout.text_b is not None else None, y, f"{path}: malformed rows skipped: {skipped}")
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The tab-separated fields of every line, as GLUE's processors read them; one-line errors for non-text files."""
+    with path.open("rb") as f:
+        start = f.read(4096)
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in start:
+        raise AbpError(f"{path} is not UTF-8 text (UTF-16 or binary?): GLUE tsv files are UTF-8; "
+                       "convert it, e.g. iconv -f UTF-16 -t UTF-8")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC's header starts with a BOM
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as exc:
+        raise AbpError(f"{path} is not UTF-8 text ({exc.reason}): pass a GLUE tsv file saved as UTF-8") from exc
+    except csv.Error as exc:
+        raise AbpError(f"{path} is not a tab-separated text file ({exc}): pass a GLUE tsv file") from exc
+    if not rows:
+        raise AbpError(f"{path} is empty: pass a --data-dir whose files hold the task's data")
+    return rows
 
 
 def _load_hub(task: TaskSpec, split: str) -> datasets.Dataset:

@@ -1,22 +1,33 @@
 """Peak resident memory of a fresh process that loads an ONNX model and runs one batch.
 
 Measured in a child process because a process's peak RSS only grows: in the benchmarking process
-it would mix all artefacts. Run as `python -m abp_deploy.memory_probe MODEL BATCH SEQ THREADS VOCAB`.
+it would mix all artefacts. The child reads its own high-water mark, `VmHWM` of /proc/self/status,
+which belongs to its address space and so starts afresh at exec; `ru_maxrss` does not: a child
+inherits its parent's through fork and exec, so under `abp-deploy run` (a process of 2 GB after
+training) every artefact would read the parent's peak. Run as
+`python -m abp_deploy.memory_probe MODEL BATCH SEQ THREADS VOCAB`.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from abp_deploy.errors import AbpError
 
+STATUS = Path("/proc/self/status")
+
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's own peak resident set in MB (VmHWM, Linux)."""
+    try:
+        fields = dict(line.split(":", 1) for line in STATUS.read_text().splitlines() if ":" in line)
+        return int(fields["VmHWM"].split()[0]) / 1024  # reported in kB
+    except (OSError, KeyError) as exc:
+        raise AbpError(f"peak memory is read from VmHWM in {STATUS}, which this system lacks: "
+                       "bench with --no-memory") from exc
 
 
 def peak_memory_mb(model: str | Path, batch: int, seq: int, threads: int, vocab_size: int) -> dict[str, float]:

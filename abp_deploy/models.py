@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
+                          PreTrainedModel)
 
 from abp_deploy.errors import AbpError
 from abp_deploy.tasks import TaskSpec
@@ -37,6 +39,12 @@ def _unreachable(name: str, exc: Exception) -> AbpError:
                     f"use --model {OFFLINE_ALIAS} (packaged, offline) or --model PATH to a local folder")
 
 
+def max_sequence_length(config: PretrainedConfig) -> int:
+    """The longest input the model's position embeddings cover (RoBERTa's positions start after the padding index)."""
+    offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
+    return config.max_position_embeddings - offset
+
+
 def load_tokenizer(name: str):
     """The tokenizer of a model, with the same offline error as the model."""
     path = resolve_model(name)
@@ -58,10 +66,12 @@ def position_limit(name: str) -> int:
 
 
 def load_classifier(name: str, task: TaskSpec) -> tuple[PreTrainedModel, set[str]]:
-    """Pretrained encoder + a new task head; returns the model and the names of newly created weights.
+    """Pretrained encoder + a new task head; returns the model and the names of the weights the checkpoint
+    lacked, which were initialised afresh.
 
-    The new weights (classifier, and the pooler when the checkpoint has none) are the task head:
-    they are the only weights adapting-by-pruning trains.
+    Those are the task head: the classifier, and the pooler when the checkpoint has none (sentence-transformers
+    exports, checkpoints saved from masked-LM heads). They are the only weights adapting-by-pruning trains,
+    and `weights_hash` must skip them.
     """
     path = resolve_model(name)
     try:
@@ -91,10 +101,17 @@ def prunable_linears(model: PreTrainedModel, include_pooler: bool = True) -> dic
             if isinstance(mod, nn.Linear) and (include_pooler or not name.startswith("pooler"))}
 
 
-def weights_hash(model: PreTrainedModel) -> str:
-    """sha256 over the base model's tensors (names, dtypes, shapes, bytes): identifies the backbone."""
+def weights_hash(model: PreTrainedModel, skip: Collection[str] = ()) -> str:
+    """sha256 over the base model's tensors (names, dtypes, shapes, bytes): identifies the backbone.
+
+    `skip` names weights as `load_classifier` returns them: those the checkpoint did not provide were drawn at
+    random, so hashing them would make every load of the same checkpoint look like another backbone.
+    """
+    prefix = model.base_model_prefix + "."
     h = hashlib.sha256()
     for name, tensor in sorted(model.base_model.state_dict().items()):
+        if prefix + name in skip:
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

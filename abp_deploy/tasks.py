@@ -19,6 +19,7 @@ class TsvLayout:
     label: str | int
     text_b: str | int | None = None
     has_header: bool = True
+    skip_short_rows: bool = False  # skip (and count) rows missing a column, as GLUE's own processor does
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
           "MRPC", TsvLayout(text_a="#1 String", text_b="#2 String", label="Quality")),
     _glue("stsb", "stsb", (), ("pearson", "spearmanr"), "sentence1", "sentence2",
           "STS-B", TsvLayout(text_a="sentence1", text_b="sentence2", label="score")),
+    # QQP's official train.tsv has a few malformed rows missing fields; GLUE's QqpProcessor skips them.
     _glue("qqp", "qqp", ("not_duplicate", "duplicate"), ("accuracy", "f1"), "question1", "question2",
-          "QQP", TsvLayout(text_a="question1", text_b="question2", label="is_duplicate")),
+          "QQP", TsvLayout(text_a="question1", text_b="question2", label="is_duplicate", skip_short_rows=True)),
     _glue("mnli", "mnli", ("entailment", "neutral", "contradiction"), ("accuracy",), "premise", "hypothesis",
           "MNLI", TsvLayout(text_a="sentence1", text_b="sentence2", label="gold_label"),
           dev_splits=("dev_matched", "dev_mismatched"),

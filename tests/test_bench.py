@@ -18,6 +18,7 @@ from abp_deploy.evaluation import dev_loader, evaluate
 from abp_deploy.export_run import export_model
 from abp_deploy.exporters.loading import open_session
 from abp_deploy.latency import time_interleaved
+from abp_deploy.memory_probe import peak_memory_mb
 from abp_deploy.onnx_scoring import score_onnx
 from abp_deploy.tasks import get_task
 
@@ -54,7 +55,9 @@ def test_bench_writes_json_markdown_and_plots_with_ratios_against_the_baseline(e
     result = bench([int8], baseline=fp32, cfg=FAST)
     base, other = result["artifacts"]
     assert result["baseline"] == "fp32" and len(other["latency"]) == 2
-    assert all(q["speedup_p50"] == 1.0 for q in base["vs_baseline"]["latency"])
+    for cell, ratio, base_cell in zip(other["latency"], other["vs_baseline"]["latency"], base["latency"]):
+        assert ratio["speedup_p50"] == pytest.approx(base_cell["p50_ms"] / cell["p50_ms"])
+        assert ratio["throughput_ratio"] == pytest.approx(cell["throughput"] / base_cell["throughput"])
     assert other["vs_baseline"]["size_ratio"] < 0.6  # int8 weights
     assert other["memory"]["peak_rss_mb"] > 0
     out = write_report(result, tmp_path / "report")
@@ -64,11 +67,56 @@ def test_bench_writes_json_markdown_and_plots_with_ratios_against_the_baseline(e
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_memory_probe_reports_its_own_peak_not_the_high_water_mark_of_a_big_parent(exported):
+    fp32, _, _ = exported
+    ballast = np.ones(1 << 27)  # 1 GiB, written: this process's peak is now above 1 GiB, as under `abp-deploy run`
+    probe = peak_memory_mb(fp32, batch=4, seq=16, threads=1, vocab_size=40)
+    del ballast
+    assert 0 < probe["model_mb"] < probe["peak_rss_mb"] < 512
+
+
 def test_bench_of_a_truncated_onnx_file_fails_with_one_clear_line(exported):
     fp32, _, _ = exported
     data = (fp32 / "model.onnx").read_bytes()
     (fp32 / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(AbpError, match="not a valid ONNX model"):
+        bench([fp32], cfg=FAST)
+
+
+@pytest.mark.parametrize("setting", [{"repeats": 0}, {"warmup": -1}, {"threads": 0}, {"max_eval_samples": 0},
+                                     {"seq_lens": (0,)}], ids=lambda d: next(iter(d)))
+def test_bench_refuses_settings_it_cannot_measure_before_any_work(tmp_path, setting):
+    option = "--" + next(iter(setting)).replace("_", "-")
+    with pytest.raises(AbpError, match=f"{option} .* is too small: pass"):
+        bench([tmp_path / "not-even-an-artefact"], cfg=dataclasses.replace(FAST, **setting))
+
+
+def test_bench_refuses_sequences_longer_than_the_models_positions(exported):
+    fp32, _, _ = exported
+    with pytest.raises(AbpError, match="--seq-lens 128 is longer than 64 tokens, the most that fp32 takes"):
+        bench([fp32], cfg=dataclasses.replace(FAST, seq_lens=(16, 128)))
+
+
+def test_bench_times_artefacts_with_different_vocabularies_side_by_side(exported, other_base_model, tiny_model_dir,
+                                                                         tiny_glue_dir, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from abp_deploy.exporters.pipeline import export_artifact
+
+    fp32, _, _ = exported
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bigger = BertForSequenceClassification.from_pretrained(other_base_model, num_labels=2)
+    assert bigger.config.vocab_size > tokenizer.vocab_size
+    provenance = {"task": "sst2", "max_length": 16, "data_dir": str(tiny_glue_dir)}
+    export_artifact(bigger, tokenizer, tmp_path / "bigger", optimize=None, extra_report={"provenance": provenance})
+    result = bench([fp32], baseline=tmp_path / "bigger", cfg=dataclasses.replace(FAST, memory=False))
+    assert [len(row["latency"]) for row in result["artifacts"]] == [2, 2]
+
+
+def test_bench_of_an_artefact_without_model_onnx_says_to_re_export(exported, tmp_path):
+    fp32, _, _ = exported
+    (fp32 / "model.onnx").unlink()
+    with pytest.raises(AbpError, match="fp32 has no model.onnx: re-run abp-deploy export"):
         bench([fp32], cfg=FAST)
 
 

@@ -114,6 +114,30 @@ def test_int8_verification_fails_when_classes_disagree(raw_onnx, ragged, tokeniz
         verify_onnx(quantized, ragged, sample_batch(tokenizer), precision="int8")
 
 
+@pytest.fixture()
+def regressor(ragged):
+    """The ragged model with a one-output (STS-B style) head, whose argmax always agrees with anything."""
+    torch.manual_seed(2)
+    ragged.classifier = nn.Linear(ragged.config.hidden_size, 1)
+    ragged.config.num_labels, ragged.config.problem_type = 1, "regression"
+    return ragged
+
+
+def test_int8_regression_model_is_verified_by_value(regressor, tokenizer, tmp_path):
+    report = export_artifact(regressor, tokenizer, tmp_path / "out", optimize="O2", quantize="int8")
+    int8 = report.verification[1]
+    assert int8.min_agreement is None and 0 < int8.max_abs_diff <= int8.atol
+
+
+@pytest.mark.parametrize("corrupt", [lambda w: w.neg_(), lambda w: w.mul_(3.0)], ids=["sign", "scale"])
+def test_int8_regression_verification_fails_when_values_disagree(regressor, tokenizer, tmp_path, corrupt):
+    quantized = quantize_int8(export_onnx(regressor, tokenizer, tmp_path / "raw"), tmp_path / "q.onnx")
+    with torch.no_grad():
+        corrupt(regressor.classifier.weight)
+    with pytest.raises(AbpError, match="int8 outputs differ from PyTorch by up to .* of the spread"):
+        verify_onnx(quantized, regressor, sample_batch(tokenizer), precision="int8")
+
+
 def test_export_report_records_shape_fusions_sizes_and_versions(ragged, tokenizer, tmp_path):
     export_artifact(ragged, tokenizer, tmp_path / "out", optimize="O2", quantize="int8")
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())

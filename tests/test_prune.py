@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def test_abp_leaves_pretrained_weights_bit_identical(tiny_prune_config, tiny_mod
     assert manifest["pretrained_weights_unchanged"] is True
     run = tiny_prune_config.output
     assert set(load_tensors(f"{run}/head.safetensors")) == {"classifier.weight", "classifier.bias"}
-    assert not (tiny_model_dir / "weights.safetensors").exists()
+    assert not (Path(run) / "weights.safetensors").exists()  # the run stores no pretrained weights
     fresh, _ = load_classifier(str(tiny_model_dir), get_task("sst2"))
     assert weights_hash(fresh) == manifest["base_model_sha256"]
 
@@ -31,6 +32,7 @@ def test_abp_leaves_pretrained_weights_bit_identical(tiny_prune_config, tiny_mod
 def test_finetune_changes_weights_and_stores_them(tiny_prune_config):
     manifest = prune(dataclasses.replace(tiny_prune_config, method="finetune"))
     assert manifest["pretrained_weights_unchanged"] is False
+    assert (Path(tiny_prune_config.output) / "weights.safetensors").is_file()
     assert manifest["sparsity"] == 0.0
 
 
