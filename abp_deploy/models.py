@@ -55,14 +55,13 @@ def load_tokenizer(name: str):
 
 
 def position_limit(name: str) -> int:
-    """The longest input, in tokens, the model's position embeddings can read (RoBERTa reserves padding_idx + 1)."""
+    """The longest input, in tokens, the model `name` can read (see max_sequence_length)."""
     path = resolve_model(name)
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:
         raise _unreachable(path, exc) from exc
-    offset = config.pad_token_id + 1 if config.model_type == "roberta" and config.pad_token_id is not None else 0
-    return config.max_position_embeddings - offset
+    return max_sequence_length(config)
 
 
 def load_classifier(name: str, task: TaskSpec) -> tuple[PreTrainedModel, set[str]]:

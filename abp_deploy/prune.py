@@ -29,7 +29,7 @@ from abp_deploy.atomic import check_output_path, incomplete_dir
 from abp_deploy.checkpoints import (CHECKPOINT, checkpoint_step, finish_run, load_checkpoint, prepare_work_dir,
                                     run_lock, save_checkpoint)
 from abp_deploy.batching import LengthGroupedBatches
-from abp_deploy.data import load_split
+from abp_deploy.data import load_split, skipped_rows
 from abp_deploy.distill import distill_loss, load_teacher
 from abp_deploy.errors import AbpError, RunInterrupted
 from abp_deploy.evaluation import dev_loader, evaluate
@@ -232,10 +232,11 @@ def prune(cfg: PruneConfig) -> dict:
                             cache)
     devs = {s: cached_tokenize(load_split(task, s, cfg.data_dir, cfg.max_eval_samples), tokenizer, cfg.max_length,
                                cache) for s in task.dev_splits}
+    skipped = {"train": skipped_rows(train), **{s: skipped_rows(d) for s, d in devs.items()}}
     scaler = TargetScaler.fit(list(train["labels"])) if task.is_regression else None
     model, new_keys = load_classifier(cfg.model, task)
     teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
-    base_hash = weights_hash(model)
+    base_hash = weights_hash(model, skip=new_keys)  # only the weights the checkpoint provides
     head_keys = new_keys  # weights the checkpoint lacked are the new task head
     pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
     layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
@@ -259,6 +260,8 @@ def prune(cfg: PruneConfig) -> dict:
         if teacher is not None:
             teacher.to(accelerator.device)
         log.info("start: %s", json.dumps(config))
+        if any(skipped.values()):
+            log.info("malformed tsv rows skipped (GLUE's rule): %s", skipped)
         try:
             training = _train(model, optimizer, loader, scheduler, sparsifier, teacher, cfg, accelerator, work, log,
                               step, total, steps_per_epoch, f"{method.name} {task.name}", scaler)
@@ -272,7 +275,7 @@ def prune(cfg: PruneConfig) -> dict:
             scaler.fold_into(model)  # the saved head predicts original units
         masks = sparsifier.final_masks()
         sparsifier.detach()
-        frozen_ok = weights_hash(model) == base_hash  # pretrained weights untouched (abp), checked, not assumed
+        frozen_ok = weights_hash(model, skip=new_keys) == base_hash  # pretrained weights untouched (abp), checked, not assumed
         state = model.state_dict()
         head = {k: state[k].detach().cpu().contiguous() for k in sorted(head_keys)}
         trained_weights = ({k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}
@@ -308,6 +311,8 @@ def prune(cfg: PruneConfig) -> dict:
             "steps": total,
             "train_examples": len(train),
             "dev_metrics": metrics,
+            "initialised_weights": sorted(new_keys),
+            "skipped_rows": skipped,
             "training": training | {"steps_per_epoch": steps_per_epoch},
             "regression_targets": dataclasses.asdict(scaler) if scaler is not None else None,
             "config": config,

@@ -158,6 +158,27 @@ def _pooler_less_run(ws: Workspace, scratch: Path) -> None:
     tiny_prune(tiny_bert(scratch / "no-pooler", TINY_WORDS, pooler=False), ws.glue, scratch / "run")
 
 
+def _interrupted_run(config: str | None) -> Callable[[Workspace, Path], None]:
+    """An interrupted run folder whose settings file is missing (None) or holds `config`."""
+    def prepare(ws: Workspace, scratch: Path) -> None:
+        work = scratch / "out.incomplete"
+        (work / "checkpoint").mkdir(parents=True)
+        (work / "checkpoint" / "step.json").write_text('{"step": 1}')
+        if config is not None:
+            (work / "prune_config.json").write_text(config)
+    return prepare
+
+
+def _locked(ws: Workspace, scratch: Path) -> None:
+    """Another live process (this one) holds the output's lock, as a second prune on the same -o would see."""
+    (scratch / "out.lock").write_text(str(os.getpid()))
+
+
+def _user_folder(ws: Workspace, scratch: Path) -> None:
+    (scratch / "mine").mkdir()
+    (scratch / "mine" / "thesis.tex").write_text("not abp-deploy's")
+
+
 def _report_without_model(ws: Workspace, scratch: Path) -> None:
     """An export folder whose model.onnx is gone (deleted, or a copy that skipped the large file)."""
     (scratch / "art").mkdir()
@@ -169,8 +190,8 @@ def _bench(scratch: Path, *args: str, repeats: int = 2, seq_len: int = 8) -> lis
             "--repeats", str(repeats), "--warmup", "1", "--threads", "1", "--no-memory"]
 
 
-def _prune(task: str, data_dir: Path, model: Path, scratch: Path) -> list[str]:
-    return ["prune", "--task", task, "--model", str(model), "--data-dir", str(data_dir), "-o", str(scratch / "out"),
+def _prune(task: str, data_dir: Path, model: Path, scratch: Path, out: str | None = None) -> list[str]:
+    return ["prune", "--task", task, "--model", str(model), "--data-dir", str(data_dir), "-o", out or str(scratch / "out"),
             "--max-steps", "1", "--max-length", "16", "--batch-size", "4", "--device", "cpu", "--no-progress"]
 
 
@@ -194,8 +215,28 @@ CASES: list[Case] = [
     Case("mask whose bytes cover half its recorded shapes, manifest hash matching",
          lambda ws, d: ["bake", str(d / "run"), "-o", str(d / "baked")], prepare=_short_mask),
     Case("bake of a run pruned from a checkpoint without pooler weights", valid=True,
-         args=lambda ws, d: ["bake", str(d / "run"), "-o", str(d / "baked")], prepare=_pooler_less_run,
-         pending="the prune core must hash with weights_hash(model, skip=initialised) and record them"),
+         args=lambda ws, d: ["bake", str(d / "run"), "-o", str(d / "baked")], prepare=_pooler_less_run),
+    Case("prune -o . (the working directory)",
+         lambda ws, d: _prune("sst2", ws.glue, ws.model, d, out=".")),
+    Case("--resume with prune_config.json missing", lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--resume"],
+         prepare=_interrupted_run(None)),
+    Case("--resume with a corrupt prune_config.json",
+         lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--resume"], prepare=_interrupted_run("{not json")),
+    Case("--resume with nothing to resume", lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--resume"]),
+    Case("--max-eval-samples 0", lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--max-eval-samples", "0"]),
+    Case("--batch-size 0", lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--batch-size", "0"]),
+    Case("--max-steps 0", lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--max-steps", "0"]),
+    Case("--max-length above the model's 64 positions",
+         lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--max-length", "100"]),
+    Case("a head budget that rounds to no head (--sparsity 0.95 of 8 heads)",
+         lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--granularity", "head", "--sparsity", "0.95"]),
+    Case("a second prune writing the same -o (lock held by a live process)",
+         lambda ws, d: _prune("sst2", ws.glue, ws.model, d), prepare=_locked),
+    Case("run --overwrite on a folder abp-deploy did not write",
+         lambda ws, d: ["run", "-o", str(d / "mine"), "--overwrite", "--model", str(ws.model)], prepare=_user_folder),
+    Case("prune --overwrite on a folder abp-deploy did not write",
+         lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d, out=str(d / "mine")), "--overwrite"],
+         prepare=_user_folder),
 ]
 
 

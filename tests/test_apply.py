@@ -56,8 +56,6 @@ def test_run_of_a_pooler_less_checkpoint_rebuilds_with_its_trained_pooler(tiny_p
     assert torch.equal(model.bert.pooler.dense.weight, stored["bert.pooler.dense.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="prune core: hash with weights_hash(model, skip=new_keys) and record "
-                                       "manifest['initialised_weights'] (issue 13); drop this mark once wired")
 def test_prune_of_a_pooler_less_checkpoint_writes_a_run_that_rebuilds(tiny_prune_config, pooler_less_model_dir):
     cfg = dataclasses.replace(tiny_prune_config, model=str(pooler_less_model_dir))
     prune(cfg)

@@ -105,7 +105,7 @@ def test_bench_times_artefacts_with_different_vocabularies_side_by_side(exported
 
     fp32, _, _ = exported
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    bigger = BertForSequenceClassification.from_pretrained(other_base_model, num_labels=2)
+    bigger = BertForSequenceClassification.from_pretrained(other_base_model, num_labels=2, attn_implementation="eager")
     assert bigger.config.vocab_size > tokenizer.vocab_size
     provenance = {"task": "sst2", "max_length": 16, "data_dir": str(tiny_glue_dir)}
     export_artifact(bigger, tokenizer, tmp_path / "bigger", optimize=None, extra_report={"provenance": provenance})

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FFN, HEADS
 from onnx import helper
+from torch import nn
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
 from abp_deploy.errors import AbpError
