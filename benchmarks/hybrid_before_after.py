@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
 
 from abp_deploy.artifacts import load_mask, read_manifest
 from abp_deploy.units import HEAD, NEURON, matrix_name
@@ -28,10 +27,13 @@ SETTINGS = dict(task="rotten_tomatoes", granularity="hybrid", sparsity=0.7, max_
 
 def _run(source: Path | None, out: Path, steps: int, extra: dict) -> None:
     """One prune run in a fresh process, importing abp_deploy from `source` (None: the installed one)."""
-    cfg = SETTINGS | {"max_steps": steps, "output": str(out)} | extra
+    cfg = SETTINGS | {"max_steps": steps, "output": str(out.resolve())} | extra
     code = f"from abp_deploy.prune import PruneConfig, prune; prune(PruneConfig(**{cfg!r}))"
-    env = {"PYTHONPATH": str(source)} if source else {}
-    subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ, **env})
+    env = os.environ | ({"PYTHONPATH": str(source)} if source else {})
+    # `python -c` puts the working directory first on sys.path: run the old code from its own checkout
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=source or Path.cwd())
+    version = json.loads((out / "manifest.json").read_text()).get("abp_deploy_version")
+    print(f"{out}: written by abp-deploy {version} from {source or 'this checkout'}", flush=True)
 
 
 def _inside_open_units(run: Path, layers: int, heads: int, head_size: int) -> float:
@@ -73,7 +75,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, run in runs.items():
         m = read_manifest(run)
-        inner = _inside_open_units(run, len(m["structure"]["heads_kept"]), 12, 32)
+        config = m["structure"]
+        heads = 12  # MiniLM-L6: 12 heads of 32
+        inner = _inside_open_units(run, len(config["heads_kept"]), heads, 384 // heads)
         print(f"| {name} | {m['dev_metrics']['dev']['accuracy']:.4f} | {sum(m['structure']['heads_kept'])} | "
               f"{sum(m['structure']['neurons_kept'])} | {inner:.4f} |")
     print(json.dumps({n: str(r) for n, r in runs.items()}))
@@ -86,5 +90,4 @@ def _has_grouping() -> bool:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(torch.get_num_threads())
     main()

@@ -1,0 +1,174 @@
+"""Resumable sweeps of prune runs with the product's own command, one small JSON of metrics per run.
+
+    python benchmarks/sweep.py run --plan paper                 # runs what is missing, in priority order
+    python benchmarks/sweep.py run --plan paper --max-runs 4    # at most 4 new runs, then stop
+    python benchmarks/sweep.py report --plan paper              # tables (mean ± std over seeds) + plots
+
+A run whose JSON exists under benchmarks/results/PLAN/ is skipped; an interrupted one resumes from
+its checkpoint (`abp-deploy prune --resume`). Run folders live in benchmarks/out/sweep/ (not
+committed); the JSONs are small and committed as runs finish, so a sweep survives a lost machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "out" / "sweep"
+GLUE = ROOT.parent / "shared" / "data" / "glue"
+ABP_DEPLOY = Path(sys.executable).with_name("abp-deploy")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's budget: the same for every method (epochs, max length, batch size)."""
+
+    name: str
+    epochs: float
+    max_length: int
+    glue: bool = True
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One method at one sparsity, and how many seeds it gets."""
+
+    method: str
+    sparsity: float | None
+    seeds: int
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def label(self) -> str:
+        return self.method if self.sparsity is None else f"{self.method} {self.sparsity:.0%}"
+
+
+SEEDS = (42, 43, 44)
+PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
+    # Issue 12: the paper's claim (unstructured ABP vs fine-tuning and other pruning methods).
+    # Budgets as in common GLUE practice where the CPU allows; max length 128 for pair tasks.
+    "paper": (
+        (Task("rte", 3, 128), Task("mrpc", 3, 128), Task("stsb", 3, 128), Task("cola", 3, 64),
+         Task("rotten_tomatoes", 3, 64, glue=False), Task("sst2", 1, 64)),
+        (Arm("finetune", None, 3), Arm("abp", 0.5, 3), Arm("magnitude", 0.5, 1), Arm("movement", 0.5, 1),
+         Arm("abp", 0.3, 1), Arm("abp", 0.7, 1)),
+    ),
+}
+
+
+def run_id(task: Task, arm: Arm, seed: int) -> str:
+    sparsity = "dense" if arm.sparsity is None else f"s{round(arm.sparsity * 100):02d}"
+    return "-".join([task.name, arm.method, sparsity, *(a.strip("-") for a in arm.extra), f"seed{seed}"])
+
+
+def planned(plan: str) -> list[tuple[Task, Arm, int]]:
+    """Every run of a plan, most informative first: seed by seed, each task's fine-tune and ABP 50% first."""
+    tasks, arms = PLANS[plan]
+    return [(t, a, s) for i, s in enumerate(SEEDS) for a in arms if i < a.seeds for t in tasks]
+
+
+def command(task: Task, arm: Arm, seed: int, out: Path, resume: bool) -> list[str]:
+    """The `abp-deploy prune` command line of one run."""
+    cmd = [str(ABP_DEPLOY), "prune", "--task", task.name, "--method", arm.method, "--epochs", str(task.epochs),
+           "--max-length", str(task.max_length), "--batch-size", "32", "--seed", str(seed), "-o", str(out),
+           "--checkpoint-every", "100", "--no-progress", *arm.extra]
+    if arm.sparsity is not None:
+        cmd += ["--sparsity", str(arm.sparsity)]
+    if task.glue:
+        cmd += ["--data-dir", str(GLUE)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def summary(manifest: dict, cmd: list[str]) -> dict:
+    """What a results table needs from a run, small enough to commit."""
+    keep = ("task", "method", "granularity", "seed", "steps", "train_examples", "target_sparsity", "sparsity",
+            "sparsity_definition", "sparsities", "dev_metrics", "structure", "training", "wall_time_s", "versions",
+            "pretrained_weights_unchanged", "regression_targets")
+    return {k: manifest.get(k) for k in keep} | {"command": shlex.join(["abp-deploy", *cmd[1:]])}
+
+
+def run(plan: str, max_runs: int | None, only: set[str] | None) -> None:
+    done = 0
+    for task, arm, seed in planned(plan):
+        if only and task.name not in only:
+            continue
+        name = run_id(task, arm, seed)
+        result = RESULTS / plan / f"{name}.json"
+        if result.is_file():
+            continue
+        if max_runs is not None and done >= max_runs:
+            break
+        out = RUNS / plan / name
+        if not (out / "manifest.json").is_file():
+            resume = (out.with_name(out.name + ".incomplete") / "checkpoint").is_dir()
+            cmd = command(task, arm, seed, out, resume)
+            print(f"[sweep] {name}: {shlex.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True)
+        manifest = json.loads((out / "manifest.json").read_text())
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text(json.dumps(summary(manifest, command(task, arm, seed, out, False)), indent=1) + "\n")
+        score = manifest["dev_metrics"][next(iter(manifest["dev_metrics"]))]["score"]
+        print(f"[sweep] {name}: dev score {score:.4f} ({manifest['wall_time_s']:.0f} s) -> {result}", flush=True)
+        done += 1
+
+
+def _score(result: dict) -> float:
+    """The task's headline score ×100 (accuracy, MCC, mean of accuracy/F1 or Pearson/Spearman)."""
+    return 100 * result["dev_metrics"][next(iter(result["dev_metrics"]))]["score"]
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def report(plan: str) -> None:
+    results = [json.loads(p.read_text()) for p in sorted((RESULTS / plan).glob("*.json"))]
+    tasks, arms = PLANS[plan]
+    print(f"plan {plan}: {len(results)} of {len(planned(plan))} runs finished; dev score ×100, mean ± std over seeds")
+    header = "| method | " + " | ".join(t.name for t in tasks) + " |"
+    print(header + "\n|" + "---|" * (len(tasks) + 1))
+    table: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        arm = next((a for a in arms if a.method == r["method"] and (a.sparsity or 0.0) == (r["target_sparsity"] or 0.0)),
+                   None)
+        if arm is not None:
+            table.setdefault((arm.label, r["task"]), []).append(_score(r))
+    for arm in arms:
+        cells = [_mean_std(table[(arm.label, t.name)]) if (arm.label, t.name) in table else "–" for t in tasks]
+        print(f"| {arm.label} | " + " | ".join(cells) + " |")
+    print("\nABP 50% minus fine-tune (pt, difference of means):")
+    for t in tasks:
+        abp, dense = table.get(("abp 50%", t.name)), table.get(("finetune", t.name))
+        if abp and dense:
+            print(f"  {t.name}: {statistics.mean(abp) - statistics.mean(dense):+.2f}  "
+                  f"(abp seeds {', '.join(f'{v:.2f}' for v in abp)}; fine-tune {', '.join(f'{v:.2f}' for v in dense)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--plan", default="paper", choices=sorted(PLANS))
+    r.add_argument("--max-runs", type=int)
+    r.add_argument("--tasks", help="comma-separated subset of the plan's tasks")
+    p = sub.add_parser("report")
+    p.add_argument("--plan", default="paper", choices=sorted(PLANS))
+    args = parser.parse_args()
+    if args.mode == "run":
+        run(args.plan, args.max_runs, set(args.tasks.split(",")) if args.tasks else None)
+    else:
+        report(args.plan)
+
+
+if __name__ == "__main__":
+    main()
