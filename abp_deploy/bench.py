@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,8 +13,10 @@ from pathlib import Path
 import onnxruntime as ort
 from transformers import AutoConfig
 
+from abp_deploy.atomic import write_json
 from abp_deploy.errors import AbpError
-from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, MODEL_FILE, open_session
+from abp_deploy.exporters.loading import CPU_PROVIDER, GPU_PROVIDER, MODEL_FILE, REPORT_FILE, open_session
+from abp_deploy.exporters.quantize import quantize_int8
 from abp_deploy.latency import time_interleaved
 from abp_deploy.memory_probe import peak_memory_mb
 from abp_deploy.models import max_sequence_length
@@ -36,6 +40,7 @@ class BenchConfig:
     max_eval_samples: int | None = None
     memory: bool = True
     progress: bool = True
+    int8_reference: bool = True  # add the baseline quantised to int8: the strongest simple alternative to pruning
     traffic: bool = False  # also time the dev texts at their real lengths through the runtime
     traffic_batch: int = 32
     traffic_repeats: int = 2
@@ -81,6 +86,7 @@ def _describe(folder: Path) -> dict:
     prov, bake = report["provenance"], report.get("bake", {})
     return {
         "name": folder.name, "path": str(folder), "task": prov["task"], "method": prov.get("method"),
+        "reference": report.get("reference"),  # set on the int8 row bench made itself
         "sparsity": prov.get("sparsity") or 0.0, "optimize": report.get("optimize"),
         "precision": report.get("precision", "fp32"), "quantize": report.get("quantize"),
         "heads": report["heads"], "intermediate_sizes": report["intermediate_sizes"],
@@ -90,6 +96,26 @@ def _describe(folder: Path) -> dict:
         "max_seq_len": max_sequence_length(config),
         "attention_fused": (report.get("fusion") or {}).get("fused", {}).get("Attention"),
     }
+
+
+def _int8_reference(baseline: Path, artifacts: list[Path], into: Path) -> Path | None:
+    """The dense baseline quantised to int8 (same export otherwise), unless it is int8 or already benched.
+
+    A user who does not prune would quantise the dense model; every report shows that row.
+    """
+    report = read_export_report(baseline)
+    if report.get("quantize") == "int8" or report.get("precision", "fp32") != "fp32":
+        return None
+    method = report["provenance"].get("method")
+    for folder in artifacts:
+        other = read_export_report(folder)
+        if other.get("quantize") == "int8" and other["provenance"].get("method") == method:
+            return None
+    out = into / f"{baseline.name}-int8"
+    shutil.copytree(baseline, out, ignore=shutil.ignore_patterns(MODEL_FILE, "README.md"))
+    quantize_int8(baseline / MODEL_FILE, out / MODEL_FILE)
+    write_json(out / REPORT_FILE, report | {"quantize": "int8", "reference": "int8 of the baseline, made by bench"})
+    return out
 
 
 def _ratios(rows: list[dict], baseline: str) -> None:
@@ -145,6 +171,13 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
     folders = ([Path(baseline)] if baseline else []) + [Path(a) for a in artifacts]
     if not folders:
         raise AbpError("nothing to bench: pass one or more folders written by abp-deploy export")
+    with tempfile.TemporaryDirectory(prefix="abp-bench-") as tmp:
+        reference = _int8_reference(folders[0], folders[1:], Path(tmp)) if baseline and cfg.int8_reference else None
+        return _bench(folders + ([reference] if reference else []), bool(baseline), cfg)
+
+
+def _bench(folders: list[Path], has_baseline: bool, cfg: BenchConfig) -> dict:
+    """`bench` on resolved folders (the baseline first when `has_baseline`)."""
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
         raise AbpError(f"artefact folder names must differ (they label the report): {names}")
@@ -180,9 +213,9 @@ def bench(artifacts: list[str | Path], baseline: str | Path | None = None, cfg: 
                 row["memory"] = peak_memory_mb(folder, max(cfg.batch_sizes), max(cfg.seq_lens), cfg.threads,
                                                row["vocab_size"])
                 bar.advance()
-    if baseline:
+    if has_baseline:
         _ratios(rows, names[0])
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu_count": os.cpu_count(), "threads": cfg.threads, "onnxruntime": ort.__version__,
             "providers": providers, "config": asdict(cfg)}
-    return {"meta": meta, "baseline": names[0] if baseline else None, "artifacts": rows, "traffic": traffic}
+    return {"meta": meta, "baseline": names[0] if has_baseline else None, "artifacts": rows, "traffic": traffic}

@@ -42,7 +42,8 @@ def markdown(result: dict) -> str:
         delta = r.get("vs_baseline", {}).get("score_delta", {}).get(split)
         fp16 = "fp16" if r.get("precision") == "fp16" else None
         graph = "+".join(x for x in (r["optimize"], fp16, r["quantize"]) if x) or "raw"
-        lines.append(f"| {r['name']} | {r['method']} | {r['sparsity']:.2f} | {graph} | "
+        name = f"{r['name']} (reference)" if r.get("reference") else r["name"]
+        lines.append(f"| {name} | {r['method']} | {r['sparsity']:.2f} | {graph} | "
                      f"{sum(r['heads'])}/{r['full_heads'] * layers} | "
                      f"{sum(r['intermediate_sizes'])}/{r['full_intermediate_size'] * layers} | {r['size_mb']:.1f} | "
                      f"{score:.4f} | {'' if delta is None else f'{delta * 100:+.2f} pt'} | "

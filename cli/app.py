@@ -264,6 +264,8 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, help="GLUE tsv folder, if not the one recorded at prune time."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Score on a fixed subsample of the dev set."),
     memory: bool = typer.Option(True, help="Measure peak memory in a child process per artefact."),
+    int8_reference: bool = typer.Option(True, help="Also bench the baseline quantised to int8 (made on the fly "
+                                        "unless an int8 export of it is passed): what a user who does not prune ships."),
     traffic: bool = typer.Option(False, help="Also time real traffic: the dev texts at their own lengths through "
                                  "abp_deploy.runtime, in length-sorted batches and one request at a time, and (CPU) "
                                  "THREADS one-thread sessions against one THREADS-thread session."),
@@ -280,8 +282,8 @@ def bench(
     refuse_existing(output, overwrite)
     cfg = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), seq_lens=_ints(seq_lens, "--seq-lens"),
                       threads=threads, warmup=warmup, repeats=repeats, data_dir=str(data_dir) if data_dir else None,
-                      max_eval_samples=max_eval_samples, memory=memory, traffic=traffic,
-                      traffic_batch=traffic_batch_size, traffic_repeats=traffic_repeats)
+                      max_eval_samples=max_eval_samples, memory=memory, int8_reference=int8_reference,
+                      traffic=traffic, traffic_batch=traffic_batch_size, traffic_repeats=traffic_repeats)
     result = run_bench(artifacts, baseline, cfg)
     write_report(result, output, overwrite=overwrite)
     console.print(Markdown((output / MD_FILE).read_text()))

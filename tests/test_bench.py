@@ -109,7 +109,7 @@ def test_bench_times_artefacts_with_different_vocabularies_side_by_side(exported
     assert bigger.config.vocab_size > tokenizer.vocab_size
     provenance = {"task": "sst2", "max_length": 16, "data_dir": str(tiny_glue_dir)}
     export_artifact(bigger, tokenizer, tmp_path / "bigger", optimize=None, extra_report={"provenance": provenance})
-    result = bench([fp32], baseline=tmp_path / "bigger", cfg=dataclasses.replace(FAST, memory=False))
+    result = bench([fp32], baseline=tmp_path / "bigger", cfg=dataclasses.replace(FAST, memory=False, int8_reference=False))
     assert [len(row["latency"]) for row in result["artifacts"]] == [2, 2]
 
 
@@ -162,3 +162,15 @@ def test_grid_only_bench_has_no_traffic_section(exported, tmp_path):
     result = bench([fp32], cfg=dataclasses.replace(FAST, memory=False))
     assert result["traffic"] is None and "traffic" not in result["artifacts"][0]
     assert "Real traffic" not in (write_report(result, tmp_path / "r") / MD_FILE).read_text()
+
+
+def test_every_bench_with_a_baseline_also_shows_the_baseline_in_int8(exported):
+    fp32, _, _ = exported
+    result = bench([], baseline=fp32, cfg=FAST)
+    names = [r["name"] for r in result["artifacts"]]
+    assert names == ["fp32", "fp32-int8"]
+    reference = result["artifacts"][1]
+    assert reference["reference"] and reference["quantize"] == "int8"
+    assert reference["vs_baseline"]["size_ratio"] < 0.6 and abs(reference["vs_baseline"]["score_delta"]["dev"]) <= 0.2
+    assert [r["name"] for r in bench([], baseline=fp32, cfg=dataclasses.replace(FAST, int8_reference=False))["artifacts"]] \
+        == ["fp32"]
