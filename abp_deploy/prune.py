@@ -28,7 +28,7 @@ from abp_deploy.artifacts import HEAD_FILE, LOG_FILE, MASK_FILE, WEIGHTS_FILE, s
 from abp_deploy.atomic import check_output_path, incomplete_dir
 from abp_deploy.checkpoints import (CHECKPOINT, checkpoint_step, finish_run, load_checkpoint, prepare_work_dir,
                                     run_lock, save_checkpoint)
-from abp_deploy.batching import LengthGroupedBatches
+from abp_deploy.batching import LengthGroupedBatches, by_length
 from abp_deploy.data import load_split, skipped_rows
 from abp_deploy.distill import distill_loss, load_teacher
 from abp_deploy.errors import AbpError, RunInterrupted
@@ -43,6 +43,7 @@ from abp_deploy.token_cache import cached_tokenize, default_cache_dir
 from abp_deploy.versions import versions
 
 # Settings that may differ between an interrupted run and its --resume.
+CALIBRATION_EXAMPLES = 2048  # Kwon et al. 2022 search masks with 2k examples
 _RESUME_FREE = {"resume", "overwrite", "progress", "checkpoint_every", "token_cache"}
 
 
@@ -72,6 +73,7 @@ class PruneConfig:
     lr: float = 5e-5  # pretrained weights (methods that train them)
     score_lr: float = 1e-2  # mask scores
     gate_lr: float | None = None  # head/neuron gate scores [default: sparsifiers.DEFAULT_GATE_LR]
+    gate_init: str = "magnitude"  # or "fisher": head fitted, then gates start from their Fisher information
     score_init: str = "magnitude"  # "magnitude" (|W|, normalised) or "constant"
     head_lr: float = 1e-3  # the new task head
     distill_from: str | None = None  # finished dense run whose logits teach the mask (distill.py)
@@ -172,6 +174,16 @@ def _train_loader(train, tokenizer, cfg: PruneConfig) -> DataLoader:
     return DataLoader(train, batch_sampler=batches, collate_fn=collate)
 
 
+def _calibration_batches(train, tokenizer, cfg: PruneConfig, scaler: TargetScaler | None, device) -> list[dict]:
+    """Up to CALIBRATION_EXAMPLES training examples (a seeded subset) in length-sorted batches, labels as trained."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:CALIBRATION_EXAMPLES]
+    subset = train.select(order.tolist())
+    subset = subset.select(by_length([len(ids) for ids in subset["input_ids"]]))
+    batches = [{k: v.to(device) for k, v in b.items()}
+               for b in DataLoader(subset, batch_size=cfg.batch_size, collate_fn=DataCollatorWithPadding(tokenizer))]
+    return [b | {"labels": scaler.scale(b["labels"])} for b in batches] if scaler is not None else batches
+
+
 def _set_epoch(loader, epoch: int) -> None:
     """Tell Accelerate's loader and our own batch order (pure in seed and epoch) which epoch starts."""
     loader.set_epoch(epoch)
@@ -241,6 +253,9 @@ def prune(cfg: PruneConfig) -> dict:
     pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
     layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
     sparsifier.attach(model, layers)
+    if not cfg.resume:  # a resumed run restores its scores and head from the checkpoint
+        model.to(accelerator.device)
+        sparsifier.calibrate(model, lambda: _calibration_batches(train, tokenizer, cfg, scaler, accelerator.device))
     with run_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
         config = dataclasses.asdict(cfg)
         if accelerator.is_main_process:

@@ -106,6 +106,9 @@ def prune(
     score_lr: float = typer.Option(1e-2, help="Learning rate of mask scores."),
     gate_lr: Optional[float] = typer.Option(None, help="Learning rate of head/neuron gate scores "
                                             "[default: 0.05]."),
+    gate_init: str = typer.Option("magnitude", help="Starting gate scores: magnitude (mean |W| of the unit), or "
+                                  "fisher (head fitted first, then each unit's Fisher information on 2,048 "
+                                  "training examples: Kwon et al. 2022's mask search as the first top-k)."),
     head_lr: float = typer.Option(1e-3, help="Learning rate of the new task head."),
     distill_from: Optional[Path] = typer.Option(None, help="A finished dense run (--method finetune) of the same task "
                                                 "whose logits teach the mask (knowledge distillation)."),
@@ -131,7 +134,7 @@ def prune(
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
                       group_by_length=group_by_length, token_cache=token_cache,
-                      max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, head_lr=head_lr,
+                      max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, gate_init=gate_init, head_lr=head_lr,
                       distill_from=str(distill_from) if distill_from else None, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, score_init=score_init, mask_pooler=mask_pooler,
                       seed=seed, device=device, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,

@@ -73,3 +73,40 @@ def test_gates_detach_back_to_the_unmasked_weights(tiny_classifier):
     gates.detach()
     after = tiny_classifier.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _batch(n: int = 16, length: int = 10) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(5, 40, (n, length), generator=generator),
+            "attention_mask": torch.ones(n, length, dtype=torch.long),
+            "labels": torch.randint(0, 2, (n,), generator=generator)}
+
+
+def test_fisher_init_ranks_highest_the_head_whose_removal_changes_the_loss_most(tiny_classifier):
+    layer = tiny_classifier.bert.encoder.layer[1]
+    with torch.no_grad():
+        layer.attention.output.dense.weight[:, 16:24] *= 20  # head 2 of layer 1 now carries the output
+    batch = _batch()
+    with torch.no_grad():
+        base = tiny_classifier(**batch).loss.item()
+        change = []
+        for head in range(4):
+            saved = layer.attention.output.dense.weight[:, head * 8:(head + 1) * 8].clone()
+            layer.attention.output.dense.weight[:, head * 8:(head + 1) * 8] = 0
+            change.append(abs(tiny_classifier(**batch).loss.item() - base))
+            layer.attention.output.dense.weight[:, head * 8:(head + 1) * 8] = saved
+    gates = GateSparsifier(0.5, "head", "magnitude", seed=0, lr=0.05, gate_init="fisher")
+    gates.attach(tiny_classifier, prunable_linears(tiny_classifier))
+    gates.calibrate(tiny_classifier, lambda: [batch])
+    scores = torch.cat([gates.gated["head"][i].parametrizations.weight[0].scores for i in (0, 1)]).detach()
+    assert max(range(4), key=change.__getitem__) == 2
+    assert int(scores.argmax()) == 4 + 2  # layer 1, head 2: the largest Fisher information of all 8 heads
+    assert abs(float(scores.mean()) - 1.0) < 1e-5  # z-scored around 1, the magnitude scores' scale
+
+
+def test_fisher_gate_init_runs_end_to_end_and_is_recorded(tiny_prune_config):
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity="structured", sparsity=0.5, max_steps=4,
+                                         gate_init="fisher"))
+    assert manifest["gate_init"] == "fisher" and sum(manifest["structure"]["heads_kept"]) == 4
+    with pytest.raises(AbpError, match="--gate-init fisher applies to gated granularities"):
+        prune(dataclasses.replace(tiny_prune_config, gate_init="fisher"))

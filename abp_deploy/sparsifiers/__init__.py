@@ -27,6 +27,7 @@ GATED = (*KINDS, "hybrid")
 # at 5x the weight scores' rate: +4.0 pt (structured 50%) and +0.9 pt (hybrid 70%), benchmarks/RESULTS.md.
 DEFAULT_GATE_LR = 5e-2
 DEFAULT_INNER_SPARSITY = 0.3
+GATE_INITS = ("magnitude", "fisher")  # fisher: Kwon et al. 2022's importance as starting scores (importance.py)
 DEFAULT_BLOCK = 32
 
 __all__ = ["FLOPS_REMOVED", "GATED", "GRANULARITIES", "MASKED_WEIGHTS_ZERO", "WEIGHTS_REMOVED", "Sparsifier",
@@ -53,6 +54,9 @@ def _refuse_unused(cfg: PruneConfig) -> None:
         raise AbpError("--inner-sparsity applies to --granularity hybrid only: drop it or use hybrid")
     if cfg.gate_lr is not None and g not in GATED:
         raise AbpError("--gate-lr applies to gated granularities (head, neuron, structured, hybrid): drop it")
+    if cfg.gate_init != "magnitude" and g not in GATED:
+        raise AbpError(f"--gate-init {cfg.gate_init} applies to gated granularities (head, neuron, structured, "
+                       "hybrid): drop it")
 
 
 def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
@@ -64,6 +68,8 @@ def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
         raise AbpError(f"--scope {cfg.scope} is unknown: choose per-matrix or global")
     if cfg.granularity not in GRANULARITIES:
         raise AbpError(f"--granularity {cfg.granularity} is unknown: choose {', '.join(GRANULARITIES)}")
+    if cfg.gate_init not in GATE_INITS:
+        raise AbpError(f"--gate-init {cfg.gate_init} is unknown: choose {' or '.join(GATE_INITS)}")
     _refuse_unused(cfg)
     if cfg.granularity != "unstructured" and method.mask != "score":
         raise AbpError(f"--granularity {cfg.granularity} learns scores, which --method {method.name} has none of: "
@@ -77,13 +83,13 @@ def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
     if method.mask == "magnitude":
         return MagnitudeSparsifier(target, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr)
     if cfg.granularity in KINDS:
-        return GateSparsifier(target, cfg.granularity, cfg.score_init, cfg.seed, gate_lr)
+        return GateSparsifier(target, cfg.granularity, cfg.score_init, cfg.seed, gate_lr, cfg.gate_init)
     if cfg.granularity == "hybrid":
         inner = DEFAULT_INNER_SPARSITY if cfg.inner_sparsity is None else cfg.inner_sparsity
         if not 0.0 <= inner < 1.0:
             raise AbpError(f"--inner-sparsity {inner} is outside [0, 1): pass the fraction of kept units' weights "
                            "to zero")
-        return HybridSparsifier(GateSparsifier(target, "structured", cfg.score_init, cfg.seed, gate_lr),
+        return HybridSparsifier(GateSparsifier(target, "structured", cfg.score_init, cfg.seed, gate_lr, cfg.gate_init),
                                 ScoreSparsifier(inner, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr, block,
                                                 granularity="hybrid"))
     return ScoreSparsifier(target, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr, block, cfg.granularity)

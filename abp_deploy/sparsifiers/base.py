@@ -8,6 +8,7 @@ takes `final_masks` (exact top-k), `detach`es, and records `manifest_fields`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ class Sparsifier(ABC):
     @abstractmethod
     def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
         """Put the masks on the model (`layers`: the prunable Linears, keyed as masks are)."""
+
+    def calibrate(self, model: PreTrainedModel, batches: Callable[[], list[dict]]) -> None:
+        """Set starting scores from the model's behaviour on some training batches (none by default)."""
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer groups of the parameters this sparsifier learns (none by default)."""

@@ -9,6 +9,8 @@ its FLOPs, since a head's attention term scales with its width too).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -17,6 +19,7 @@ from transformers import PreTrainedModel
 from abp_deploy.errors import AbpError
 from abp_deploy.masking import GateMask, cubic_sparsity, kth_largest_threshold, topk_mask
 from abp_deploy.sparsifiers.base import WEIGHTS_REMOVED, Sparsifier, own_parameters
+from abp_deploy.sparsifiers.importance import fisher_scores, fit_head, scores_from_fisher
 from abp_deploy.structure import encoder_layers
 from abp_deploy.units import UNIT_KINDS, UnitKind, matrix_name, owned_weights, split_matrix_name
 
@@ -30,9 +33,10 @@ class GateSparsifier(Sparsifier):
 
     headline = WEIGHTS_REMOVED
 
-    def __init__(self, target: float, granularity: str, score_init: str, seed: int, lr: float):
+    def __init__(self, target: float, granularity: str, score_init: str, seed: int, lr: float,
+                 gate_init: str = "magnitude"):
         super().__init__(target)
-        self.granularity, self.score_init, self.seed, self.lr = granularity, score_init, seed, lr
+        self.granularity, self.score_init, self.seed, self.lr, self.gate_init = granularity, score_init, seed, lr, gate_init
         self.kinds: tuple[UnitKind, ...] = tuple(UNIT_KINDS[k] for k in KINDS[granularity])
         self.gated: dict[str, dict[int, nn.Linear]] = {}  # kind -> layer index -> the Linear its gates sit on
         self.widths: dict[str, int] = {}
@@ -64,6 +68,22 @@ class GateSparsifier(Sparsifier):
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [{"params": own_parameters(model, self.gate_scores()), "lr": self.lr, "weight_decay": 0.0}]
+
+    @torch.no_grad()
+    def calibrate(self, model: PreTrainedModel, batches: Callable[[], list[dict]]) -> None:
+        """`gate_init="fisher"`: fit the head, then start every kind's gate scores from their Fisher information."""
+        if self.gate_init != "fisher":
+            return
+        data = batches()
+        with torch.enable_grad():
+            fit_head(model, data)
+            kinds = [[self._gate(linears[i]).scores for i in sorted(linears)] for linears in self.gated.values()]
+            fisher = fisher_scores(model, data, [s for scores in kinds for s in scores])  # one pass, every kind
+        start = 0
+        for scores in kinds:  # z-scored per kind: heads and neurons each compete for their own budget
+            for param, value in zip(scores, scores_from_fisher(fisher[start:start + len(scores)])):
+                param.copy_(value)
+            start += len(scores)
 
     def set_progress(self, step: int, total: int) -> float:
         sparsity = cubic_sparsity(step, total, self.target)
@@ -125,4 +145,4 @@ class GateSparsifier(Sparsifier):
                     parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
 
     def extra_fields(self, masks: dict[str, torch.Tensor]) -> dict:
-        return {"gate_lr": self.lr}
+        return {"gate_lr": self.lr, "gate_init": self.gate_init}

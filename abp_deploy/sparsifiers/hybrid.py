@@ -8,6 +8,8 @@ move, and would otherwise take keep slots).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -32,6 +34,9 @@ class HybridSparsifier(Sparsifier):
     def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
         self.inner.attach(model, layers)  # first: the score mask is each layer's parametrization 0
         self.gates.attach(model, layers)
+
+    def calibrate(self, model: PreTrainedModel, batches: Callable[[], list[dict]]) -> None:
+        self.gates.calibrate(model, batches)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return self.inner.param_groups(model) + self.gates.param_groups(model)
