@@ -80,6 +80,8 @@ def speed(args: argparse.Namespace) -> None:
         try:
             for task in args.tasks.split(","):
                 for name, settings in CONFIGS.items():
+                    if name not in args.configs.split(","):
+                        continue
                     for variant in variants:
                         code, extra = VARIANTS[variant]
                         if variant.endswith("bf16") and name not in args.bf16_configs.split(","):
@@ -124,13 +126,17 @@ def _print_speed(rows: list[dict], steps: int) -> None:
               f"{before['epoch_min'] / r['epoch_min']:.2f}× | {fmt(dense and r['s_step'] / dense['s_step'], '.2f')} |")
 
 
+ACCURACY_VARIANTS = {"random batches": {"group_by_length": False}, "length-grouped": {},
+                     "length-grouped + bf16": {"mixed_precision": "bf16"}}
+
+
 def accuracy(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
-    scores: dict[str, list[float]] = {"random batches": [], "length-grouped": []}
+    scores: dict[str, list[float]] = {label: [] for label in ACCURACY_VARIANTS}
     for seed in seeds:
-        for label, grouped in (("random batches", False), ("length-grouped", True)):
-            manifest = _run(args.task, args.data_dir, args.steps, seed,
-                            {"method": "abp", "sparsity": 0.5, "group_by_length": grouped}, None)["manifest"]
+        for label, extra in ACCURACY_VARIANTS.items():
+            manifest = _run(args.task, args.data_dir, args.steps, seed, {"method": "abp", "sparsity": 0.5} | extra,
+                            None)["manifest"]
             scores[label].append(manifest["dev_metrics"][next(iter(manifest["dev_metrics"]))]["score"])
             print(f"  seed {seed} {label}: {scores[label][-1]:.4f}", flush=True)
     print(f"\nabp 50% on {args.task}, {args.steps} steps, MiniLM-L6, batch 32, max length 64; seeds {seeds}")
@@ -149,6 +155,7 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=40)
     s.add_argument("--variants", default="before,random,grouped,grouped+bf16")
     s.add_argument("--bf16-configs", default="finetune,abp unstructured 50%")
+    s.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the methods")
     s.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
     a = sub.add_parser("accuracy")
     a.add_argument("--task", default="rotten_tomatoes")

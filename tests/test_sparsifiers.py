@@ -28,6 +28,7 @@ PINNED = [
     ("abp", "structured", 0.5, {}, "9d9569e452f7c60e"),
     ("magnitude", "unstructured", None, {}, "37c042e33418e35b"),
     ("finetune", "unstructured", None, {}, "e1b6035ff7f7dc47"),
+    ("abp", "hybrid", 0.5, {}, "75a7db0d0c0da071"),  # changed by design (inner top-k over open units); pinned since
 ]
 
 

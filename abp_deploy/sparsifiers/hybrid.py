@@ -30,6 +30,8 @@ class HybridSparsifier(Sparsifier):
         super().__init__(gates.target)
         self.gates, self.inner = gates, inner
         self._final_eligible: dict[str, torch.Tensor] = {}
+        self._open_key: torch.Tensor | None = None  # open units at the last step, and their weight maps
+        self._open_eligible: dict[str, torch.Tensor] = {}
 
     def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
         self.inner.attach(model, layers)  # first: the score mask is each layer's parametrization 0
@@ -51,7 +53,11 @@ class HybridSparsifier(Sparsifier):
 
     def set_progress(self, step: int, total: int) -> float:
         sparsity = self.gates.set_progress(step, total)
-        self.inner.set_keep(1.0 - cubic_sparsity(step, total, self.inner.target), self._eligible(self.gates.open_units()))
+        opened = self.gates.open_units()
+        key = torch.cat([flags for layers in opened.values() for flags in layers.values()])
+        if self._open_key is None or not torch.equal(key, self._open_key):  # open units change rarely: reuse the maps
+            self._open_key, self._open_eligible = key, self._eligible(opened)
+        self.inner.set_keep(1.0 - cubic_sparsity(step, total, self.inner.target), self._open_eligible)
         return sparsity
 
     def final_masks(self) -> dict[str, torch.Tensor]:
