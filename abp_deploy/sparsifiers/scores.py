@@ -28,6 +28,8 @@ class ScoreSparsifier(Sparsifier):
         self.granularity, self.scope, self.score_init, self.seed, self.lr, self.block = (
             granularity, scope, score_init, seed, lr, block)
         self.layers: dict[str, nn.Linear] = {}
+        self._index_for: Eligible = None  # the eligible maps the cached flat indices below were made from
+        self._index: dict[str, torch.Tensor | None] = {}
 
     def _mask_for(self, weight: torch.Tensor, generator: torch.Generator) -> nn.Module:
         return ScoreMask(weight, self.score_init, 1e-4, generator, self.block)
@@ -63,11 +65,21 @@ class ScoreSparsifier(Sparsifier):
             return None
         return {n: self._mask(l).contract(eligible[n]) if n in eligible else None for n, l in self.layers.items()}
 
+    def _eligible_index(self, eligible: Eligible) -> dict[str, torch.Tensor | None] | None:
+        """Flat positions of the eligible units per matrix, kept while the caller passes the same maps."""
+        if eligible is None:
+            return None
+        if self._index_for is not eligible:
+            units = self._eligible_units(eligible)
+            self._index = {n: None if u is None else u.flatten().nonzero().squeeze(1) for n, u in units.items()}
+            self._index_for = eligible
+        return self._index
+
     @torch.no_grad()
     def set_keep(self, keep: float, eligible: Eligible = None) -> None:
         """Thresholds that keep a fraction `keep` of the (eligible) weights or tiles, per matrix or globally."""
-        units = self._eligible_units(eligible)
-        values = {n: _ranked(imp, None if units is None else units[n]) for n, imp in self._importances().items()}
+        index = self._eligible_index(eligible)
+        values = {n: _ranked(imp, None if index is None else index[n]) for n, imp in self._importances().items()}
         if self.scope == "per-matrix":
             for name, v in values.items():
                 self._mask(self.layers[name]).threshold.copy_(kth_largest_threshold(v, round(keep * v.numel())))
@@ -121,6 +133,6 @@ class MagnitudeSparsifier(ScoreSparsifier):
         return []
 
 
-def _ranked(importance: torch.Tensor, eligible_units: torch.Tensor | None) -> torch.Tensor:
-    """The importances that compete for keep slots: all of them, or only the eligible units'."""
-    return importance.flatten() if eligible_units is None else importance[eligible_units]
+def _ranked(importance: torch.Tensor, eligible_index: torch.Tensor | None) -> torch.Tensor:
+    """The importances that compete for keep slots: all of them, or only the eligible units' (flat positions)."""
+    return importance.flatten() if eligible_index is None else importance.flatten()[eligible_index]
