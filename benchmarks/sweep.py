@@ -70,9 +70,9 @@ def run_id(task: Task, arm: Arm, seed: int) -> str:
 
 
 def planned(plan: str) -> list[tuple[Task, Arm, int]]:
-    """Every run of a plan, most informative first: seed by seed, each task's fine-tune and ABP 50% first."""
+    """Every run of a plan, most informative first: seed by seed, task by task, fine-tune and ABP 50% first."""
     tasks, arms = PLANS[plan]
-    return [(t, a, s) for i, s in enumerate(SEEDS) for a in arms if i < a.seeds for t in tasks]
+    return [(t, a, s) for i, s in enumerate(SEEDS) for t in tasks for a in arms if i < a.seeds]
 
 
 def command(task: Task, arm: Arm, seed: int, out: Path, resume: bool) -> list[str]:
