@@ -34,7 +34,7 @@ BASELINE = "dense"
 
 @dataclass
 class JobConfig:
-    """CPU-sized defaults: MiniLM-L6 on the offline rotten_tomatoes, 150 steps, ~10 minutes on 2 cores."""
+    """CPU-sized defaults: MiniLM-L6 on the offline rotten_tomatoes, 150 steps, ~3 minutes on 2 free cores."""
 
     task: str = "rotten_tomatoes"
     model: str = DEFAULT_MODEL

@@ -21,7 +21,8 @@ def job(tiny_model_dir, tiny_glue_dir, tmp_path) -> JobConfig:
 
 def test_job_benches_the_task_mask_against_its_dense_baseline(job, tmp_path):
     result = run_job(job, progress=False, say=lambda _: None)
-    assert [a["name"] for a in result["artifacts"]] == ["dense", "abp"]
+    assert [a["name"] for a in result["artifacts"]] == ["dense", "abp", "dense-int8"]
+    assert result["artifacts"][2]["reference"] and result["artifacts"][2]["quantize"] == "int8"
     assert result["artifacts"][1]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert (tmp_path / "job" / "report" / "bench.md").is_file()
     lines: list[str] = []
