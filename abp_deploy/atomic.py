@@ -65,7 +65,11 @@ def publish(work: Path, out_dir: Path, overwrite: bool = False) -> None:
         return
     old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
     out_dir.replace(old)
-    work.replace(out_dir)
+    try:
+        work.replace(out_dir)
+    except BaseException:
+        old.replace(out_dir)  # the new one could not go in: put the old one back
+        raise
     shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
@@ -103,8 +107,12 @@ def write_json(path: Path, content: dict) -> None:
     """Write a JSON file whole or not at all (temporary file, then an atomic rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, fix: str) -> dict:

@@ -46,3 +46,18 @@ def test_prune_from_the_cli_writes_a_run(tiny_model_dir, tiny_glue_dir, tmp_path
     assert result.exit_code == 0, result.output
     assert "sparsity 0.5000" in " ".join(result.output.split())
     assert (out / "manifest.json").is_file()
+
+
+def test_ctrl_c_prints_where_the_run_stopped_and_the_command_that_resumes_it(monkeypatch):
+    import abp_deploy.prune as prune_module
+    from abp_deploy.errors import RunInterrupted
+
+    def interrupted(cfg):
+        raise RunInterrupted("interrupted at step 6 of 12; the last checkpoint is step 4 in runs/x.incomplete")
+
+    monkeypatch.setattr(prune_module, "prune", interrupted)
+    monkeypatch.setattr("sys.argv", ["abp-deploy", "prune", "-o", "runs/x"])
+    result = runner.invoke(app, ["prune", "-o", "runs/x"], env={"COLUMNS": "300"})
+    assert result.exit_code == 130
+    assert "last checkpoint is step 4" in result.output
+    assert "resume with: abp-deploy prune -o runs/x --resume" in result.output

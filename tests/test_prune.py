@@ -164,3 +164,50 @@ def test_manifest_records_what_a_user_needs(tiny_prune_config):
     for key in ("base_model", "base_model_sha256", "task", "labels", "max_length", "method", "sparsity",
                 "sparsity_per_matrix", "seed", "versions", "dev_metrics", "wall_time_s", "files"):
         assert key in manifest
+
+
+def _crash_at(monkeypatch, call: int) -> None:
+    """Make the `call`-th training step raise KeyboardInterrupt (Ctrl-C) before it runs."""
+    import abp_deploy.prune as prune_module
+
+    real, calls = prune_module._train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "_train_step", step)
+
+
+def test_ctrl_c_names_the_step_and_checkpoint_and_an_early_one_leaves_nothing(tiny_prune_config, monkeypatch):
+    from abp_deploy.errors import RunInterrupted
+
+    _crash_at(monkeypatch, 3)  # before the first checkpoint
+    with pytest.raises(RunInterrupted, match="step 2 of 12, before the first checkpoint: nothing was kept"):
+        prune(dataclasses.replace(tiny_prune_config, checkpoint_every=4))
+    assert not Path(tiny_prune_config.output + ".incomplete").exists()
+    _crash_at(monkeypatch, 7)
+    with pytest.raises(RunInterrupted, match=r"step 6 of 12; the last checkpoint is step 4 in .*run\.incomplete"):
+        prune(dataclasses.replace(tiny_prune_config, checkpoint_every=4))
+    assert not Path(tiny_prune_config.output + ".lock").exists()  # the lock goes with the process's run
+
+
+def test_resume_refuses_a_checkpoint_changed_since_it_was_saved(tiny_prune_config, monkeypatch):
+    cfg = dataclasses.replace(tiny_prune_config, checkpoint_every=4)
+    _crash_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        prune(cfg)
+    checkpoint = Path(cfg.output + ".incomplete") / "checkpoint"
+    pickled = next(p for p in checkpoint.iterdir() if p.suffix in (".pkl", ".bin"))
+    pickled.write_bytes(pickled.read_bytes() + b"tampered")
+    with pytest.raises(AbpError, match="changed since it was saved: refusing to resume"):
+        prune(dataclasses.replace(cfg, resume=True))
+
+
+def test_a_relative_data_dir_is_recorded_absolute_so_later_stages_find_it(tiny_prune_config, tmp_path, monkeypatch):
+    data = Path(tiny_prune_config.data_dir)
+    monkeypatch.chdir(data.parent)
+    manifest = prune(dataclasses.replace(tiny_prune_config, data_dir=data.name))
+    assert manifest["config"]["data_dir"] == str(data.resolve())
