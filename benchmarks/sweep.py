@@ -45,10 +45,11 @@ class Arm:
     sparsity: float | None
     seeds: int
     extra: tuple[str, ...] = field(default=())
+    name: str | None = None  # the row label, where method and sparsity do not tell arms apart
 
     @property
     def label(self) -> str:
-        return self.method if self.sparsity is None else f"{self.method} {self.sparsity:.0%}"
+        return self.name or (self.method if self.sparsity is None else f"{self.method} {self.sparsity:.0%}")
 
 
 SEEDS = (42, 43, 44)
@@ -60,6 +61,15 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          Task("rotten_tomatoes", 3, 64, glue=False), Task("sst2", 1, 64)),
         (Arm("finetune", None, 3), Arm("abp", 0.5, 3), Arm("magnitude", 0.5, 1), Arm("movement", 0.5, 1),
          Arm("abp", 0.3, 1), Arm("abp", 0.7, 1)),
+    ),
+    # Issue 11: structured masks at speed, one lever at a time (fine-tune: the paper plan's runs, same budget).
+    "levers": (
+        (Task("rotten_tomatoes", 3, 64, glue=False), Task("sst2", 1, 64)),
+        (Arm("finetune", None, 3),
+         Arm("abp", 0.5, 3, ("--granularity", "structured"), "structured 50%, magnitude gates"),
+         Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher"), "structured 50%, Fisher gates"),
+         Arm("abp", 0.7, 3, ("--granularity", "hybrid"), "hybrid 70%, magnitude gates"),
+         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher"), "hybrid 70%, Fisher gates")),
     ),
 }
 
@@ -95,6 +105,16 @@ def summary(manifest: dict, cmd: list[str]) -> dict:
     return {k: manifest.get(k) for k in keep} | {"command": shlex.join(["abp-deploy", *cmd[1:]])}
 
 
+def _result(plan: str, task: Task, arm: Arm, seed: int) -> dict | None:
+    """A finished run's JSON: this plan's, or the same run (same id, same budget) of another plan."""
+    others = sorted(p for p in RESULTS.iterdir() if p.is_dir() and p.name != plan) if RESULTS.is_dir() else []
+    for folder in [RESULTS / plan, *others]:
+        path = folder / f"{run_id(task, arm, seed)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 def run(plan: str, max_runs: int | None, only: set[str] | None) -> None:
     done = 0
     for task, arm, seed in planned(plan):
@@ -102,7 +122,7 @@ def run(plan: str, max_runs: int | None, only: set[str] | None) -> None:
             continue
         name = run_id(task, arm, seed)
         result = RESULTS / plan / f"{name}.json"
-        if result.is_file():
+        if _result(plan, task, arm, seed) is not None:  # done, here or by another plan with the same budget
             continue
         if max_runs is not None and done >= max_runs:
             break
@@ -132,26 +152,26 @@ def _mean_std(values: list[float]) -> str:
 
 
 def report(plan: str) -> None:
-    results = [json.loads(p.read_text()) for p in sorted((RESULTS / plan).glob("*.json"))]
     tasks, arms = PLANS[plan]
-    print(f"plan {plan}: {len(results)} of {len(planned(plan))} runs finished; dev score ×100, mean ± std over seeds")
-    header = "| method | " + " | ".join(t.name for t in tasks) + " |"
-    print(header + "\n|" + "---|" * (len(tasks) + 1))
     table: dict[tuple[str, str], list[float]] = {}
-    for r in results:
-        arm = next((a for a in arms if a.method == r["method"] and (a.sparsity or 0.0) == (r["target_sparsity"] or 0.0)),
-                   None)
-        if arm is not None:
-            table.setdefault((arm.label, r["task"]), []).append(_score(r))
+    for task, arm, seed in planned(plan):
+        result = _result(plan, task, arm, seed)
+        if result is not None:
+            table.setdefault((arm.label, task.name), []).append(_score(result))
+    finished = sum(len(v) for v in table.values())
+    print(f"plan {plan}: {finished} of {len(planned(plan))} runs finished; dev score ×100, mean ± std over seeds")
+    print("| method | " + " | ".join(t.name for t in tasks) + " |\n|" + "---|" * (len(tasks) + 1))
     for arm in arms:
         cells = [_mean_std(table[(arm.label, t.name)]) if (arm.label, t.name) in table else "–" for t in tasks]
         print(f"| {arm.label} | " + " | ".join(cells) + " |")
-    print("\nABP 50% minus fine-tune (pt, difference of means):")
-    for t in tasks:
-        abp, dense = table.get(("abp 50%", t.name)), table.get(("finetune", t.name))
-        if abp and dense:
-            print(f"  {t.name}: {statistics.mean(abp) - statistics.mean(dense):+.2f}  "
-                  f"(abp seeds {', '.join(f'{v:.2f}' for v in abp)}; fine-tune {', '.join(f'{v:.2f}' for v in dense)})")
+    dense = next(a.label for a in arms if a.method == "finetune")
+    print("\nMinus fine-tune (pt, difference of means):")
+    for arm in arms:
+        for t in tasks:
+            mine, base = table.get((arm.label, t.name)), table.get((dense, t.name))
+            if arm.label != dense and mine and base:
+                print(f"  {t.name} {arm.label}: {statistics.mean(mine) - statistics.mean(base):+.2f} "
+                      f"(seeds {', '.join(f'{v:.2f}' for v in mine)}; fine-tune {', '.join(f'{v:.2f}' for v in base)})")
 
 
 def main() -> None:
