@@ -206,8 +206,10 @@ def export(
             console.print(f"[yellow]layer {layer} attention not fused:[/yellow] {reason}", soft_wrap=True)
     for check in report.verification:
         bar = f"max |Δ| <= {check.atol:g}" if check.atol is not None else f"agreement >= {check.min_agreement:.0%}"
+        by_value_int8 = check.precision == "int8" and check.atol is not None  # a regression model: argmax says nothing
+        agreement = "" if by_value_int8 else f", argmax agreement {check.argmax_agreement:.1%}"
         console.print(f"verified {check.precision} on {src.verify_data} ({check.provider}): max |Δlogits| "
-                      f"{check.max_abs_diff:.2e}, argmax agreement {check.argmax_agreement:.1%} ({bar})")
+                      f"{check.max_abs_diff:.2e}{agreement} ({bar})")
     for note in report.unverified:
         console.print(f"[yellow]not verified:[/yellow] {note}", soft_wrap=True)
     console.print(f"heads per layer {report.heads}, FFN per layer {report.intermediate_sizes}; "
