@@ -41,7 +41,10 @@ def _pid_alive(pid: int) -> bool:
 
 @contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold `OUT.lock` (our pid inside) while a run writes `out_dir`; a second writer is refused, a stale lock taken over."""
+    """Hold `OUT.lock` (our pid inside) while a run writes `out_dir`.
+
+    A second writer is refused; a lock whose owner is gone is taken over.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = out_dir.with_name(out_dir.name + ".lock")
@@ -54,7 +57,8 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             except (OSError, ValueError):
                 owner = 0
             if owner and owner != os.getpid() and _pid_alive(owner):
-                raise AbpError(f"another run is writing {out_dir} (pid {owner}): wait for it or choose another --output")
+                raise AbpError(f"another run is writing {out_dir} (pid {owner}): "
+                               "wait for it or choose another --output")
             lock.unlink(missing_ok=True)  # stale: its owner is gone
             continue
         with os.fdopen(fd, "w") as f:

@@ -24,17 +24,37 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from abp_deploy import __version__
-from abp_deploy.artifacts import HEAD_FILE, LOG_FILE, MASK_FILE, WEIGHTS_FILE, save_mask, write_manifest
+from abp_deploy.artifacts import (
+    HEAD_FILE,
+    LOG_FILE,
+    MASK_FILE,
+    WEIGHTS_FILE,
+    save_mask,
+    write_manifest,
+)
 from abp_deploy.atomic import check_output_path, incomplete_dir
-from abp_deploy.checkpoints import (CHECKPOINT, checkpoint_step, finish_run, load_checkpoint, prepare_work_dir,
-                                    run_lock, save_checkpoint)
 from abp_deploy.batching import LengthGroupedBatches, by_length
+from abp_deploy.checkpoints import (
+    checkpoint_step,
+    finish_run,
+    load_checkpoint,
+    prepare_work_dir,
+    run_lock,
+    save_checkpoint,
+)
 from abp_deploy.data import load_split, skipped_rows
 from abp_deploy.distill import distill_loss, load_teacher
 from abp_deploy.errors import AbpError, RunInterrupted
 from abp_deploy.evaluation import dev_loader, evaluate
 from abp_deploy.methods import Method, get_method
-from abp_deploy.models import DEFAULT_MODEL, load_classifier, load_tokenizer, position_limit, prunable_linears, weights_hash
+from abp_deploy.models import (
+    DEFAULT_MODEL,
+    load_classifier,
+    load_tokenizer,
+    position_limit,
+    prunable_linears,
+    weights_hash,
+)
 from abp_deploy.progress import step_progress
 from abp_deploy.regression import TargetScaler
 from abp_deploy.sparsifiers import Sparsifier, build_sparsifier
@@ -127,7 +147,8 @@ def _check_settings(cfg: PruneConfig) -> None:
     if cfg.epochs <= 0:
         raise AbpError(f"--epochs {cfg.epochs} must be positive, e.g. 3")
     if cfg.max_length < 2:
-        raise AbpError(f"--max-length {cfg.max_length} leaves no room for a token between [CLS] and [SEP]: pass e.g. 128")
+        raise AbpError(f"--max-length {cfg.max_length} leaves no room for a token between [CLS] and [SEP]: "
+                       "pass e.g. 128")
     if cfg.checkpoint_every < 0:
         raise AbpError(f"--checkpoint-every {cfg.checkpoint_every} must be 0 (never) or a positive number of steps")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
@@ -290,7 +311,8 @@ def prune(cfg: PruneConfig) -> dict:
             scaler.fold_into(model)  # the saved head predicts original units
         masks = sparsifier.final_masks()
         sparsifier.detach()
-        frozen_ok = weights_hash(model, skip=new_keys) == base_hash  # pretrained weights untouched (abp), checked, not assumed
+        # pretrained weights untouched (abp): checked, not assumed
+        frozen_ok = weights_hash(model, skip=new_keys) == base_hash
         state = model.state_dict()
         head = {k: state[k].detach().cpu().contiguous() for k in sorted(head_keys)}
         trained_weights = ({k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}

@@ -38,7 +38,7 @@ class UnitKind:
         return layer.attention.self.attention_head_size if self.name == "head" else 1
 
     def params_owned(self, layer: nn.Module) -> int:
-        """Weight-matrix entries one unit owns across its matrices (4·hidden·head_dim for a head, 2·hidden for a neuron)."""
+        """Weight-matrix entries one unit owns across its matrices (4·hidden·head_dim a head, 2·hidden a neuron)."""
         w = self.width(layer)
         return w * (layer.get_submodule(self.output).out_features
                     + sum(layer.get_submodule(name).in_features for name in self.inputs))
@@ -73,7 +73,8 @@ def rows_alive(nonzero: torch.Tensor, width: int) -> torch.Tensor:
     return nonzero.any(1).reshape(-1, width).any(1)
 
 
-def unit_status(kind: UnitKind, nonzero: Callable[[str], torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_status(kind: UnitKind, nonzero: Callable[[str], torch.Tensor],
+                width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(output alive, source alive) per unit, from `nonzero(relative name)` -> boolean weight map.
 
     A unit whose output slice is all zero contributes nothing; one whose source rows are all zero

@@ -71,7 +71,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
             "args": vars(args)}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\n| task | method | sparsity | dev score (mean over seeds) | wall s |\n|---|---|---|---|---|")
+    print("\n| task | method | sparsity | dev score (mean over seeds) | wall s |\n|---|---|---|---|---|")
     for task in args.tasks:
         for method in args.methods:
             rs = [r for r in rows if r["task"] == task and r["method"] == method]

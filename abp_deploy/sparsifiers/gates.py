@@ -36,7 +36,8 @@ class GateSparsifier(Sparsifier):
     def __init__(self, target: float, granularity: str, score_init: str, seed: int, lr: float,
                  gate_init: str = "magnitude"):
         super().__init__(target)
-        self.granularity, self.score_init, self.seed, self.lr, self.gate_init = granularity, score_init, seed, lr, gate_init
+        self.granularity, self.score_init, self.seed, self.lr = granularity, score_init, seed, lr
+        self.gate_init = gate_init
         self.kinds: tuple[UnitKind, ...] = tuple(UNIT_KINDS[k] for k in KINDS[granularity])
         self.gated: dict[str, dict[int, nn.Linear]] = {}  # kind -> layer index -> the Linear its gates sit on
         self.widths: dict[str, int] = {}
