@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,7 +26,7 @@ err = Console(stderr=True)
 
 def _resume_command(needs_flag: bool) -> str:
     """The command line that was run, with --resume added where the command needs it (prune; `run` resumes by itself)."""
-    argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    argv = ["abp-deploy", *sys.argv[1:]]
     return shlex.join(argv if not needs_flag or "--resume" in argv else [*argv, "--resume"])
 
 
@@ -337,11 +338,17 @@ def run_main_job(
     console.print(f"report: {output / 'report'}")
 
 
+def _terminate_as_interrupt(signum: int, frame) -> None:
+    """SIGTERM (job schedulers, `kill`, container stops) ends a run as Ctrl-C does: checkpoint kept, resume told."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point; library chatter (download bars, init warnings) is silenced for users."""
     import datasets
     import transformers
 
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     app()

@@ -61,3 +61,26 @@ def test_ctrl_c_prints_where_the_run_stopped_and_the_command_that_resumes_it(mon
     assert result.exit_code == 130
     assert "last checkpoint is step 4" in result.output
     assert "resume with: abp-deploy prune -o runs/x --resume" in result.output
+
+
+def test_a_real_run_stopped_by_sigterm_says_where_and_how_to_resume(tiny_model_dir, tiny_glue_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "abp_deploy.cli.app", "prune", "--task", "sst2", "--model", str(tiny_model_dir),
+           "--data-dir", str(tiny_glue_dir), "-o", str(out), "--max-steps", "100000", "--max-length", "16",
+           "--checkpoint-every", "2", "--device", "cpu", "--no-progress"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**__import__("os").environ, "COLUMNS": "300"})
+    deadline = time.time() + 120
+    while not (tmp_path / "run.incomplete" / "checkpoint" / "step.json").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "last checkpoint is step" in stderr and "Traceback" not in stderr
+    assert "resume with: abp-deploy prune --task sst2" in stderr and stderr.rstrip().endswith("--no-progress --resume")
+    assert (tmp_path / "run.incomplete" / "checkpoint").is_dir() and not (tmp_path / "run.lock").exists()
