@@ -79,20 +79,10 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_prune_config,
     prune(straight)
     interrupted = dataclasses.replace(tiny_prune_config, output=str(tmp_path / "resumed"),
                                       checkpoint_every=checkpoint_every)
-    import abp_deploy.prune as prune_module
-
-    real, calls = prune_module._train_step, {"n": 0}
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(prune_module, "_train_step", crash)
+    _crash_at(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
         prune(interrupted)
-    monkeypatch.setattr(prune_module, "_train_step", real)
+    monkeypatch.undo()
     assert not (tmp_path / "resumed").exists()  # nothing looks finished
     with pytest.raises(AbpError, match="--resume"):
         prune(interrupted)
@@ -106,25 +96,11 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tiny_prune_config,
 
 
 def test_resume_refuses_changed_settings(tiny_prune_config, monkeypatch):
-    import abp_deploy.prune as prune_module
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
-
     cfg = dataclasses.replace(tiny_prune_config, checkpoint_every=2)
-    real = prune_module._train_step
-    calls = {"n": 0}
-
-    def crash_late(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            crash()
-        return real(*a, **k)
-
-    monkeypatch.setattr(prune_module, "_train_step", crash_late)
+    _crash_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         prune(cfg)
-    monkeypatch.setattr(prune_module, "_train_step", real)
+    monkeypatch.undo()
     with pytest.raises(AbpError, match="sparsity"):
         prune(dataclasses.replace(cfg, resume=True, sparsity=0.7))
 
