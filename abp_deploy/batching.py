@@ -47,6 +47,11 @@ class LengthGroupedBatches(Sampler[list[int]]):
             yield batches[b]
 
 
+def token_lengths(ds) -> list[int]:
+    """Tokens per example of a tokenised dataset (its `input_ids`)."""
+    return [len(ids) for ids in ds["input_ids"]]
+
+
 def by_length(lengths: Sequence[int]) -> list[int]:
     """Indices ordered by length (stable), for evaluation: batches of similar lengths pad least."""
     return torch.argsort(torch.as_tensor(lengths), stable=True).tolist()

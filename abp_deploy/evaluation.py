@@ -8,14 +8,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedModel
 
-from abp_deploy.batching import by_length
+from abp_deploy.batching import by_length, token_lengths
 from abp_deploy.metrics import compute_metrics
 from abp_deploy.tasks import TaskSpec
 
 
 def dev_loader(ds: datasets.Dataset, tokenizer, batch_size: int) -> DataLoader:
     """Length-sorted, dynamically padded batches; labels travel with their examples, so metrics are unchanged."""
-    ordered = ds.select(by_length([len(ids) for ids in ds["input_ids"]]))
+    ordered = ds.select(by_length(token_lengths(ds)))
     return DataLoader(ordered, batch_size=batch_size, shuffle=False, collate_fn=DataCollatorWithPadding(tokenizer))
 
 

@@ -33,7 +33,7 @@ from abp_deploy.artifacts import (
     write_manifest,
 )
 from abp_deploy.atomic import check_output_path, incomplete_dir
-from abp_deploy.batching import LengthGroupedBatches, by_length
+from abp_deploy.batching import LengthGroupedBatches, by_length, token_lengths
 from abp_deploy.checkpoints import (
     checkpoint_step,
     finish_run,
@@ -186,33 +186,23 @@ def _param_groups(model, method: Method, head_keys: set[str], sparsifier: Sparsi
     return groups
 
 
-def _train_loader(train, tokenizer, cfg: PruneConfig) -> DataLoader:
-    """Shuffled batches padded to their longest example; length-grouped unless switched off."""
+def _train_loader(train, tokenizer, cfg: PruneConfig) -> tuple[DataLoader, LengthGroupedBatches | None]:
+    """Shuffled batches padded to their longest example; length-grouped (sampler returned too) unless switched off."""
     collate = DataCollatorWithPadding(tokenizer)
     if not cfg.group_by_length:
-        return DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    batches = LengthGroupedBatches([len(ids) for ids in train["input_ids"]], cfg.batch_size, cfg.seed)
-    return DataLoader(train, batch_sampler=batches, collate_fn=collate)
+        return DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate), None
+    batches = LengthGroupedBatches(token_lengths(train), cfg.batch_size, cfg.seed)
+    return DataLoader(train, batch_sampler=batches, collate_fn=collate), batches
 
 
 def _calibration_batches(train, tokenizer, cfg: PruneConfig, scaler: TargetScaler | None, device) -> list[dict]:
     """Up to CALIBRATION_EXAMPLES training examples (a seeded subset) in length-sorted batches, labels as trained."""
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:CALIBRATION_EXAMPLES]
     subset = train.select(order.tolist())
-    subset = subset.select(by_length([len(ids) for ids in subset["input_ids"]]))
+    subset = subset.select(by_length(token_lengths(subset)))
     batches = [{k: v.to(device) for k, v in b.items()}
                for b in DataLoader(subset, batch_size=cfg.batch_size, collate_fn=DataCollatorWithPadding(tokenizer))]
     return [b | {"labels": scaler.scale(b["labels"])} for b in batches] if scaler is not None else batches
-
-
-def _set_epoch(loader, epoch: int) -> None:
-    """Tell Accelerate's loader and our own batch order (pure in seed and epoch) which epoch starts."""
-    loader.set_epoch(epoch)
-    inner = loader.batch_sampler
-    while inner is not None and not isinstance(inner, LengthGroupedBatches):
-        inner = getattr(inner, "batch_sampler", None)
-    if inner is not None:
-        inner.set_epoch(epoch)
 
 
 def _train_step(model, batch: dict, teacher, cfg: PruneConfig, accelerator: Accelerator,
@@ -288,7 +278,7 @@ def prune(cfg: PruneConfig) -> dict:
             step = (checkpoint_step(work) or 0) if cfg.resume else 0
         log = _logger(work)
         optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, sparsifier, cfg))
-        loader = _train_loader(train, tokenizer, cfg)
+        loader, grouped = _train_loader(train, tokenizer, cfg)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
@@ -300,7 +290,7 @@ def prune(cfg: PruneConfig) -> dict:
             log.info("malformed tsv rows skipped (GLUE's rule): %s", skipped)
         try:
             training = _train(model, optimizer, loader, scheduler, sparsifier, teacher, cfg, accelerator, work, log,
-                              step, total, steps_per_epoch, f"{method.name} {task.name}", scaler)
+                              step, total, steps_per_epoch, f"{method.name} {task.name}", scaler, grouped)
         except BaseException:
             if checkpoint_step(work) is None:  # nothing resumable: leave nothing behind
                 shutil.rmtree(work, ignore_errors=True)
@@ -367,7 +357,7 @@ def prune(cfg: PruneConfig) -> dict:
 
 def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher, cfg: PruneConfig,
            accelerator: Accelerator, work: Path, log: logging.Logger, step: int, total: int, steps_per_epoch: int,
-           description: str, scaler: TargetScaler | None) -> dict:
+           description: str, scaler: TargetScaler | None, grouped: LengthGroupedBatches | None) -> dict:
     """The training loop: schedule the sparsifier, step, log, checkpoint; resumes at `step` mid-epoch.
 
     Returns what this process trained: steps, seconds, and real vs padded tokens (throughput figures).
@@ -380,7 +370,9 @@ def _train(model, optimizer, loader, scheduler, sparsifier: Sparsifier, teacher,
             bar.advance(step)
             while step < total:
                 epoch, skip = divmod(step, steps_per_epoch)
-                _set_epoch(loader, epoch)
+                loader.set_epoch(epoch)
+                if grouped is not None:  # our batch order is a pure function of (seed, epoch)
+                    grouped.set_epoch(epoch)
                 batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
                 if pending_restore:
                     # The checkpointed RNG state (dropout) must be the one the uninterrupted run had here.

@@ -5,9 +5,9 @@ max |Δlogits| 1.9e-6 for the raw export and O1, 2.6e-6 at O2 (fused kernels sum
 2.3e-3 at O3, where FastGelu replaces erf-GELU by its tanh approximation. So fp32 keeps 1e-4 up
 to O2 and O3 gets 1e-2; int8 is judged by how often it picks the same class, and a regression
 model (one output, where argmax always agrees) by a value tolerance: max |Δ| at most a quarter of
-the spread (max - min) of PyTorch's outputs on the batch. Measured for MiniLM-L6 at O2+int8 with
-two random regression heads on 32 STS-B dev pairs: max |Δ| 7.8% and 9.2% of the spread (Pearson
-0.987 and 0.988 between the two). The bar catches noise, offsets and scale errors alike. fp16 (6.4e-4
+the spread (max - min) of PyTorch's outputs on the batch; int8 noise on MiniLM-L6 regression heads
+stayed well inside it in a one-off check (not a committed command), and the bar still catches
+offsets and scale errors (tests/test_export.py). fp16 (6.4e-4
 measured on CPU, see fp16.py) gets 2e-2, room for O3's approximation too; it runs on the CUDA provider
 when this onnxruntime has it, the provider it is made for.
 """
