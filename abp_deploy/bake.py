@@ -2,8 +2,9 @@
 
 A baked folder is a `save_pretrained` folder (model.safetensors, config.json, tokenizer) plus
 bake_summary.json. Its config records the cuts: `pruned_heads` (the library's own key, re-applied by
-every `from_pretrained`) and `abp_intermediate_sizes` (the FFN width of each layer, which only
-`load_baked` knows how to re-create).
+every `from_pretrained`), `abp_intermediate_sizes` (the FFN width of each layer) and
+`abp_removed_sublayers` (layers whose attention or FFN had no live unit left, sublayers.py); only
+`load_baked` knows how to re-create the last two.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 from abp_deploy.atomic import atomic_dir
 from abp_deploy.errors import AbpError
 from abp_deploy.structure import KEPT_AS_ZERO, count_params_and_flops, encoder_layers, find_dead_structure
+from abp_deploy.sublayers import ATTENTION, FFN, REMOVED_KEY, ffn_width, head_count, remove_attention, remove_ffn
 from abp_deploy.units import HEAD, NEURON, UnitKind, owned_positions
 
 SUMMARY_FILE = "bake_summary.json"
@@ -46,6 +48,7 @@ class BakeSummary:
     neurons_removed: list[int]
     heads: list[int]
     intermediate_sizes: list[int]
+    sublayers_removed: dict[str, list[int]]  # layer indices whose attention / FFN bake removed whole
 
 
 @torch.no_grad()
@@ -85,6 +88,11 @@ def _cut_neurons(layer: nn.Module, removed: list[int]) -> None:
         setattr(layer.get_submodule(parent), attr, prune_linear_layer(layer.get_submodule(name), keep, dim=dim))
 
 
+def _all_dead(dead: dict[int, str]) -> bool:
+    """Every unit of the kind is dead (one of them is then kept as zero, `structure._dead_units`)."""
+    return KEPT_AS_ZERO in dead.values()
+
+
 def _original_head_ids(model: PreTrainedModel, layer: nn.Module) -> list[int]:
     """Original head id of each current head position (`prune_heads` wants original ids)."""
     return sorted(set(range(model.config.num_attention_heads)) - layer.attention.pruned_heads)
@@ -94,6 +102,7 @@ def _original_head_ids(model: PreTrainedModel, layer: nn.Module) -> list[int]:
 def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
     """Remove the dead heads and FFN neurons of a masked model in place; its outputs stay the same.
 
+    A layer whose heads (or neurons) are all dead loses its whole attention (or FFN) sublayer.
     FLOPs in the summary are per token for sequences of `seq_len` (see count_params_and_flops).
     """
     before = count_params_and_flops(model, seq_len)
@@ -101,16 +110,26 @@ def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
     dead = find_dead_structure(model)
     heads_to_prune = {}
     for index, (layer, layer_dead) in enumerate(zip(encoder_layers(model), dead.layers)):
-        _fold_dead(layer, HEAD, layer_dead.heads, lambda value_bias: value_bias)
-        _fold_dead(layer, NEURON, layer_dead.neurons, layer.intermediate.intermediate_act_fn)
+        if layer_dead.heads:
+            _fold_dead(layer, HEAD, layer_dead.heads, lambda value_bias: value_bias)
+        if layer_dead.neurons:
+            _fold_dead(layer, NEURON, layer_dead.neurons, layer.intermediate.intermediate_act_fn)
         _cut_neurons(layer, layer_dead.removable_neurons)
         if layer_dead.removable_heads:
             ids = _original_head_ids(model, layer)
             heads_to_prune[index] = [ids[h] for h in layer_dead.removable_heads]
     model.prune_heads(heads_to_prune)  # also records them in config.pruned_heads
-    model.to(dtype)  # prune_linear_layer builds its new layers in torch's default dtype
     layers = encoder_layers(model)
-    model.config.abp_intermediate_sizes = [layer.intermediate.dense.out_features for layer in layers]
+    removed = {ATTENTION: [i for i, d in enumerate(dead.layers) if _all_dead(d.heads)],
+               FFN: [i for i, d in enumerate(dead.layers) if _all_dead(d.neurons)]}
+    for i in removed[ATTENTION]:  # the unit kept as zero is all that is left: the sublayer is LayerNorm(x + b)
+        remove_attention(layers[i])
+    for i in removed[FFN]:
+        remove_ffn(layers[i])
+    model.to(dtype)  # prune_linear_layer builds its new layers in torch's default dtype
+    model.config.abp_intermediate_sizes = [ffn_width(layer) for layer in layers]
+    previous = getattr(model.config, REMOVED_KEY, None) or {ATTENTION: [], FFN: []}
+    setattr(model.config, REMOVED_KEY, {k: sorted(set(previous[k]) | set(v)) for k, v in removed.items()})
     after = count_params_and_flops(model, seq_len)
     return BakeSummary(
         seq_len=seq_len,
@@ -120,10 +139,11 @@ def bake_model(model: PreTrainedModel, seq_len: int = 128) -> BakeSummary:
         encoder_params_after=after["encoder_linear_params"],
         flops_per_token_before=before["flops_per_token"],
         flops_per_token_after=after["flops_per_token"],
-        heads_removed=[len(d.removable_heads) for d in dead.layers],
-        neurons_removed=[len(d.removable_neurons) for d in dead.layers],
-        heads=[layer.attention.self.num_attention_heads for layer in layers],
+        heads_removed=[len(d.heads) if _all_dead(d.heads) else len(d.removable_heads) for d in dead.layers],
+        neurons_removed=[len(d.neurons) if _all_dead(d.neurons) else len(d.removable_neurons) for d in dead.layers],
+        heads=[head_count(layer) for layer in layers],
         intermediate_sizes=list(model.config.abp_intermediate_sizes),
+        sublayers_removed=removed,
     )
 
 
@@ -169,9 +189,14 @@ def load_baked(path: str | Path, attn_implementation: str | None = None) -> PreT
     if len(sizes) != len(layers):
         raise AbpError(f"{path / CONFIG_NAME}: {FFN_SIZES_KEY} has {len(sizes)} entries for {len(layers)} layers: "
                        "re-run abp-deploy bake")
-    for layer, width in zip(layers, sizes):
-        if width != layer.intermediate.dense.out_features:
+    removed = getattr(config, REMOVED_KEY, None) or {ATTENTION: [], FFN: []}
+    for i, (layer, width) in enumerate(zip(layers, sizes)):
+        if i in removed[FFN]:
+            remove_ffn(layer)
+        elif width != layer.intermediate.dense.out_features:
             _resize_ffn(layer, width)
+        if i in removed[ATTENTION]:
+            remove_attention(layer)
     weights = path / SAFE_WEIGHTS_NAME
     if not weights.is_file():
         raise AbpError(f"{weights} is missing: re-run abp-deploy bake")

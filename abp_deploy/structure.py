@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from abp_deploy.sublayers import BiasOnlyOutput, attention_removed, attention_width, ffn_removed
 from abp_deploy.units import HEAD, NEURON, UnitKind, unit_status
 
 OUT_ZERO = "out_zero"  # the unit's slice of the output matrix is zero: it contributes nothing
@@ -70,9 +71,11 @@ def _weights_nonzero(layer: nn.Module) -> Callable[[str], torch.Tensor]:
 def find_dead_structure(model: PreTrainedModel) -> DeadStructure:
     """Heads and FFN neurons whose removal (after folding their constant output) leaves the model exact."""
     layers = []
-    for layer in encoder_layers(model):
-        heads = _dead_units(*unit_status(HEAD, _weights_nonzero(layer), HEAD.width(layer)), VALUE_ZERO)
-        neurons = _dead_units(*unit_status(NEURON, _weights_nonzero(layer), NEURON.width(layer)), IN_ZERO)
+    for layer in encoder_layers(model):  # a removed sublayer (sublayers.py) has no units left to find dead
+        heads = {} if attention_removed(layer) else _dead_units(
+            *unit_status(HEAD, _weights_nonzero(layer), HEAD.width(layer)), VALUE_ZERO)
+        neurons = {} if ffn_removed(layer) else _dead_units(
+            *unit_status(NEURON, _weights_nonzero(layer), NEURON.width(layer)), IN_ZERO)
         layers.append(LayerDead(heads=heads, neurons=neurons))
     return DeadStructure(layers=tuple(layers))
 
@@ -83,13 +86,15 @@ def count_params_and_flops(model: PreTrainedModel, seq_len: int = 128) -> dict[s
     flops_per_token = Σ_encoder Linear 2·in·out  +  Σ_layers 2·2·seq_len·heads·head_dim
     (a multiply-add is 2 FLOPs; the second term is the Q·Kᵀ scores and the probs·V context of one
     query token against `seq_len` keys). Zeros inside a matrix are counted: this is dense cost.
-    Returns encoder_linear_params (weights + biases of the encoder's Linear layers), total_params,
+    Returns encoder_linear_params (weights + biases of the encoder's Linear layers, and the output biases
+    of removed sublayers), total_params,
     flops_per_token and the seq_len used.
     """
     linears = [m for m in model.base_model.encoder.modules() if isinstance(m, nn.Linear)]
-    linear_params = sum(p.numel() for m in linears for p in m.parameters())
+    folded = [m.bias for m in model.base_model.encoder.modules() if isinstance(m, BiasOnlyOutput)]
+    linear_params = sum(p.numel() for m in linears for p in m.parameters()) + sum(b.numel() for b in folded)
     linear_flops = sum(2 * m.in_features * m.out_features for m in linears)
-    attention_flops = sum(2 * 2 * seq_len * layer.attention.self.query.out_features for layer in encoder_layers(model))
+    attention_flops = sum(2 * 2 * seq_len * attention_width(layer) for layer in encoder_layers(model))
     return {
         "encoder_linear_params": linear_params,
         "total_params": sum(p.numel() for p in model.parameters()),

@@ -24,6 +24,7 @@ from abp_deploy.exporters.sparsity import sparsify_initializers
 from abp_deploy.exporters.verify import (APPROX_GELU_ATOL, FP16_ATOL, FP32_ATOL, ProviderCannotRun, VerifyReport,
                                          verify_onnx)
 from abp_deploy.structure import encoder_layers
+from abp_deploy.sublayers import ffn_width, head_count
 
 _SAMPLE_TEXTS = (
     "a gripping, beautifully acted film", "the plot falls apart in the second half", "not bad at all",
@@ -109,8 +110,8 @@ def _build(model: PreTrainedModel, tokenizer, work: Path, optimize: Level | None
     layers = encoder_layers(model)
     return ExportReport(
         optimize=optimize, precision=precision, quantize=quantize, sparse_storage=sparse_storage, opset=opset,
-        fusion=fusion, heads=[layer.attention.self.num_attention_heads for layer in layers],
-        intermediate_sizes=[layer.intermediate.dense.out_features for layer in layers],
+        fusion=fusion, heads=[head_count(layer) for layer in layers],
+        intermediate_sizes=[ffn_width(layer) for layer in layers],
         file_bytes=sizes | {"model.onnx": path.stat().st_size}, verification=checks, unverified=unverified,
         versions=versions(),
     )

@@ -15,6 +15,7 @@ from transformers import (AutoModelForSequenceClassification, BertTokenizerFast,
 from abp_deploy.bake import SUMMARY_FILE, bake_model, load_baked, save_baked
 from abp_deploy.errors import AbpError
 from abp_deploy.structure import find_dead_structure
+from abp_deploy.sublayers import attention_removed, ffn_removed
 
 D, FFN = 8, 64  # tiny BERT: 4 heads of size 8 (hidden 32), FFN width 64, 2 layers
 SENTENCES = ["the movie was very good", "bad", "it is not a great film and that was awful", "a"]
@@ -99,21 +100,32 @@ def test_finds_exactly_the_hand_killed_heads_and_neurons(masked):
     assert (first.removable_neurons, second.removable_neurons) == ([3, 5, 10, 11], list(range(1, FFN)))
 
 
-def output_linears(model: nn.Module) -> list[nn.Linear]:
-    """The Linears whose biases absorb folded constants (bake replaces them: look them up afresh)."""
-    return [m for layer in model.bert.encoder.layer for m in (layer.attention.output.dense, layer.output.dense)]
+def output_biases(model: nn.Module) -> list[torch.Tensor]:
+    """The biases that absorb folded constants (bake replaces their modules: look them up afresh)."""
+    modules = [m for layer in model.bert.encoder.layer for m in (layer.attention.output, layer.output)]
+    return [m.dense.bias if hasattr(m, "dense") else m.bias for m in modules]
 
 
 def test_bake_keeps_logits_on_a_padded_batch(masked, batch):
     reference = logits(masked, batch)
-    unfolded = [m.bias.clone() for m in output_linears(masked)]
+    unfolded = [b.clone() for b in output_biases(masked)]
     bake_model(masked)
     torch.testing.assert_close(logits(masked, batch), reference, atol=1e-5, rtol=0)
-    assert masked.bert.encoder.layer[1].attention.output.dense.weight.eq(0).all()  # the head kept as zero
     with torch.no_grad():  # cutting without folding the constants would not have been exact
-        for m, bias in zip(output_linears(masked), unfolded):
-            m.bias.copy_(bias)
+        for bias, original in zip(output_biases(masked), unfolded):
+            bias.copy_(original)
     assert (logits(masked, batch) - reference).abs().max() > 1e-3
+
+
+def test_layer_with_every_unit_dead_loses_its_attention_and_ffn_sublayers(masked, batch):
+    reference = logits(masked, batch)
+    summary = bake_model(masked)
+    first, second = masked.bert.encoder.layer
+    assert attention_removed(second) and ffn_removed(second)
+    assert not attention_removed(first) and not ffn_removed(first)
+    assert summary.sublayers_removed == {"attention": [1], "ffn": [1]}
+    assert not any(isinstance(m, nn.Linear) for m in second.modules())
+    torch.testing.assert_close(logits(masked, batch), reference, atol=1e-5, rtol=0)
 
 
 def linear(n_in: int, n_out: int) -> int:
@@ -133,16 +145,16 @@ def layer_flops(heads: int, ffn: int, seq_len: int = 128) -> int:
 def test_summary_matches_a_hand_count(masked):
     total_before = sum(p.numel() for p in masked.parameters())
     summary = bake_model(masked)
-    assert summary.heads_removed == [2, 3] and summary.neurons_removed == [4, FFN - 1]
-    assert summary.heads == [2, 1] and summary.intermediate_sizes == [60, 1]
+    assert summary.heads_removed == [2, 4] and summary.neurons_removed == [4, FFN]
+    assert summary.heads == [2, 0] and summary.intermediate_sizes == [60, 0]
     assert masked.config.pruned_heads == {0: [1, 2], 1: [1, 2, 3]}
-    assert masked.config.abp_intermediate_sizes == [60, 1]
+    assert masked.config.abp_intermediate_sizes == [60, 0]
     assert summary.encoder_params_before == 2 * layer_params(4, 64)
-    assert summary.encoder_params_after == layer_params(2, 60) + layer_params(1, 1)
+    assert summary.encoder_params_after == layer_params(2, 60) + 2 * 32  # layer 1: two output biases
     assert summary.params_before == total_before
     assert summary.params_before - summary.params_after == summary.encoder_params_before - summary.encoder_params_after
     assert summary.flops_per_token_before == 2 * layer_flops(4, 64)
-    assert summary.flops_per_token_after == layer_flops(2, 60) + layer_flops(1, 1)
+    assert summary.flops_per_token_after == layer_flops(2, 60)
 
 
 def test_baking_a_baked_model_removes_nothing(masked, batch):
@@ -186,7 +198,7 @@ def baked_dir(masked, tokenizer, tmp_path):
 
 def test_saved_model_reloads_in_a_fresh_process_with_equal_logits(masked, batch, baked_dir, tmp_path):
     reference = logits(masked, batch)
-    assert json.loads((baked_dir / SUMMARY_FILE).read_text())["intermediate_sizes"] == [60, 1]
+    assert json.loads((baked_dir / SUMMARY_FILE).read_text())["intermediate_sizes"] == [60, 0]
     script = (
         "import sys, torch\n"
         "from abp_deploy.bake import load_baked\n"

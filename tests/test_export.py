@@ -14,6 +14,7 @@ from onnx import helper
 from torch import nn
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
+from abp_deploy.bake import bake_model, load_baked, save_baked
 from abp_deploy.errors import AbpError
 from abp_deploy.exporters import pipeline
 from abp_deploy.exporters.loading import open_session
@@ -265,3 +266,23 @@ def test_half_zero_matrices_stay_dense_because_sparse_storage_would_be_larger(ra
     sparse = [t.values.name for t in onnx.load(str(tmp_path / "sparse.onnx")).graph.sparse_initializer]
     assert not [name for name in sparse if name.startswith("onnx::MatMul")]
     assert sizes["bytes_after"] <= sizes["bytes_before"]
+
+
+def test_layer_with_all_heads_closed_bakes_without_its_attention_and_still_fuses_the_rest(tiny_classifier, tokenizer,
+                                                                                           tmp_path):
+    model = tiny_classifier
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.output.dense.weight.zero_()  # every head of layer 0 closed
+    summary = bake_model(model)
+    assert summary.sublayers_removed == {"attention": [0], "ffn": []} and summary.heads == [0, 4]
+    baked = load_baked(save_baked(model, tokenizer, tmp_path / "baked", summary), attn_implementation="eager")
+    report = export_artifact(baked, tokenizer, tmp_path / "out", optimize="O2", quantize="int8", strict_fusion=True)
+    assert report.verification[0].max_abs_diff <= 1e-4 and report.verification[1].argmax_agreement >= 0.9
+    assert report.fusion.layers == 1 and report.fusion.fused["Attention"] == 1 and report.fusion.complete
+    raw = onnx.load(str(tmp_path / "out" / MODEL_FILE))
+    assert not [n.name for n in raw.graph.node if "layer.0/attention/self" in n.name]
+    assert json.loads((tmp_path / "out" / REPORT_FILE).read_text())["heads"] == [0, 4]
