@@ -1,4 +1,4 @@
-"""Rebuild a run's task model from its artefacts: fresh pretrained base + mask + task head."""
+"""Rebuild a run's task model from its artefacts: fresh pretrained base + mask (+ unit scales) + task head."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from abp_deploy.artifacts import HEAD_FILE, MASK_FILE, WEIGHTS_FILE, load_mask, load_tensors, read_manifest
+from abp_deploy.artifacts import (HEAD_FILE, MASK_FILE, SCALES_FILE, WEIGHTS_FILE, load_mask, load_tensors,
+                                  read_manifest)
 from abp_deploy.errors import AbpError
 from abp_deploy.models import load_classifier, load_tokenizer, prunable_linears, weights_hash
 from abp_deploy.tasks import TaskSpec, get_task
@@ -27,6 +28,20 @@ def apply_masks(model: PreTrainedModel, masks: dict[str, torch.Tensor]) -> None:
             raise AbpError(f"the mask does not match the model: {name} is {tuple(mask.shape)} in the mask but "
                            f"{tuple(weight.shape)} in the model; pass the --model it was pruned from")
         weight.mul_(mask.to(weight.device, weight.dtype))
+
+
+@torch.no_grad()
+def apply_unit_scales(model: PreTrainedModel, scales: dict[str, torch.Tensor]) -> None:
+    """Multiply each unit's scale into its input columns of the output matrix (a head's scale into all its columns)."""
+    layers = prunable_linears(model)
+    for name, scale in scales.items():
+        weight = layers[name].weight if name in layers else None
+        if weight is None or scale.dim() != 1 or scale.numel() == 0 or weight.shape[1] % scale.numel():
+            shape = None if weight is None else tuple(weight.shape)
+            raise AbpError(f"the unit scales do not match the model: {name} has {scale.numel()} scales for a matrix "
+                           f"of shape {shape}; pass the --model the run was pruned from")
+        width = weight.shape[1] // scale.numel()
+        weight.mul_(scale.to(weight.device, weight.dtype).repeat_interleave(width)[None, :])
 
 
 def _some(names: list[str]) -> str:
@@ -81,4 +96,6 @@ def load_run_model(run_dir: str | Path, base_model: str | None = None) -> tuple[
     model.load_state_dict(head, strict=False)
     if (run_dir / MASK_FILE).exists():
         apply_masks(model, load_mask(run_dir / MASK_FILE))
+    if (run_dir / SCALES_FILE).exists():
+        apply_unit_scales(model, load_tensors(run_dir / SCALES_FILE))
     return model.eval(), load_tokenizer(name), task, manifest

@@ -5,6 +5,8 @@ Layout of a finished run (a folder is valid only if `manifest.json` exists, writ
                        boolean mask; shapes in the file's metadata): 1 bit per weight
   head.safetensors     the task head (classifier, and the pooler when the checkpoint had none)
   weights.safetensors  only for methods that change pretrained weights (finetune, magnitude, movement)
+  unit_scales.safetensors  only with --unit-scales: one learned scale per head/neuron of each gated
+                       output matrix (an extension of the paper; pretrained weights stay untouched)
   manifest.json        base model and its weights hash, task, method, sparsity, metrics, versions, hashes
   train.log            the training log
 """
@@ -26,6 +28,7 @@ from abp_deploy.errors import AbpError
 
 MASK_FILE, HEAD_FILE, WEIGHTS_FILE, MANIFEST_FILE, LOG_FILE = (
     "mask.safetensors", "head.safetensors", "weights.safetensors", "manifest.json", "train.log")
+SCALES_FILE = "unit_scales.safetensors"
 MASK_FORMAT = "abp-mask-packbits-v1"
 
 
@@ -83,7 +86,7 @@ def file_sha256(path: Path) -> str:
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     """Write the manifest last, with the sha256 of every artefact file, so a complete run is detectable."""
-    files = [p for p in (MASK_FILE, HEAD_FILE, WEIGHTS_FILE) if (run_dir / p).exists()]
+    files = [p for p in (MASK_FILE, HEAD_FILE, WEIGHTS_FILE, SCALES_FILE) if (run_dir / p).exists()]
     write_json(run_dir / MANIFEST_FILE, {**manifest, "files": {p: file_sha256(run_dir / p) for p in files}})
 
 

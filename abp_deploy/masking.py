@@ -104,7 +104,8 @@ class GateMask(nn.Module):
     structure (as head/neuron masks in CoFi, Xia et al. 2022, and Kwon et al. 2022), over frozen weights.
     """
 
-    def __init__(self, weight: torch.Tensor, width: int, init: str, noise: float, generator: torch.Generator):
+    def __init__(self, weight: torch.Tensor, width: int, init: str, noise: float, generator: torch.Generator,
+                 scales: bool = False):
         super().__init__()
         units = weight.shape[1] // width
         if init == "magnitude":  # mean |W| of the unit's columns, relative to the layer's mean: comparable across layers
@@ -115,10 +116,15 @@ class GateMask(nn.Module):
         self.width = width
         self.scores = nn.Parameter((scores + noise * torch.randn(units, generator=generator)).to(weight.device))
         self.register_buffer("threshold", torch.tensor(float("-inf"), device=weight.device))
+        # Optional real-valued scale per unit (Kwon et al. 2022's mask tuning, learned): multiplies an open
+        # unit's output columns; bake folds it into the weights (apply.apply_unit_scales).
+        self.scales = nn.Parameter(torch.ones(units, device=weight.device)) if scales else None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        gate = straight_through_mask(self.scores, self.threshold).repeat_interleave(self.width)
-        return weight * gate.to(weight.dtype)[None, :]
+        gate = straight_through_mask(self.scores, self.threshold)
+        if self.scales is not None:
+            gate = gate * self.scales
+        return weight * gate.repeat_interleave(self.width).to(weight.dtype)[None, :]
 
 
 def kth_largest_threshold(values: torch.Tensor, keep: int) -> torch.Tensor:

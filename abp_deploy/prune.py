@@ -28,10 +28,12 @@ from abp_deploy.artifacts import (
     HEAD_FILE,
     LOG_FILE,
     MASK_FILE,
+    SCALES_FILE,
     WEIGHTS_FILE,
     save_mask,
     write_manifest,
 )
+from abp_deploy.apply import apply_masks, apply_unit_scales
 from abp_deploy.atomic import check_output_path, incomplete_dir
 from abp_deploy.batching import LengthGroupedBatches, by_length, token_lengths
 from abp_deploy.checkpoints import (
@@ -94,6 +96,8 @@ class PruneConfig:
     score_lr: float = 1e-2  # mask scores
     gate_lr: float | None = None  # head/neuron gate scores [default: sparsifiers.DEFAULT_GATE_LR]
     gate_init: str = "magnitude"  # or "fisher": head fitted, then gates start from their Fisher information
+    gate_budget: str = "per-kind"  # or "flops": heads and neurons ranked together against one FLOPs budget
+    unit_scales: bool = False  # learn one output scale per kept head/neuron (an extension of the paper)
     score_init: str = "magnitude"  # "magnitude" (|W|, normalised) or "constant"
     head_lr: float = 1e-3  # the new task head
     distill_from: str | None = None  # finished dense run whose logits teach the mask (distill.py)
@@ -300,6 +304,7 @@ def prune(cfg: PruneConfig) -> dict:
         if scaler is not None:
             scaler.fold_into(model)  # the saved head predicts original units
         masks = sparsifier.final_masks()
+        scales = sparsifier.unit_scales()
         sparsifier.detach()
         # pretrained weights untouched (abp): checked, not assumed
         frozen_ok = weights_hash(model, skip=new_keys) == base_hash
@@ -307,9 +312,8 @@ def prune(cfg: PruneConfig) -> dict:
         head = {k: state[k].detach().cpu().contiguous() for k in sorted(head_keys)}
         trained_weights = ({k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}
                            if method.trains_weights else None)
-        with torch.no_grad():
-            for name, mask in masks.items():
-                layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
+        apply_masks(model, masks)
+        apply_unit_scales(model, scales)
         metrics = evaluate(model, task, {s: dev_loader(d, tokenizer, cfg.eval_batch_size) for s, d in devs.items()})
         fields = sparsifier.manifest_fields(masks, model, cfg.max_length)
         log.info("dev metrics %s; sparsity %.4f (%s)", json.dumps(metrics), fields["sparsity"],
@@ -321,6 +325,8 @@ def prune(cfg: PruneConfig) -> dict:
         if masks:
             save_mask(masks, work / MASK_FILE)
         save_file(head, str(work / HEAD_FILE))
+        if scales:
+            save_file(scales, str(work / SCALES_FILE))
         if trained_weights is not None:
             save_file(trained_weights, str(work / WEIGHTS_FILE))
         manifest = {

@@ -110,6 +110,13 @@ def prune(
     gate_init: str = typer.Option("magnitude", help="Starting gate scores: magnitude (mean |W| of the unit), or "
                                   "fisher (head fitted first, then each unit's Fisher information on 2,048 "
                                   "training examples: Kwon et al. 2022's mask search as the first top-k)."),
+    gate_budget: str = typer.Option("per-kind", help="per-kind: heads and neurons each keep 1 - --sparsity of their "
+                                    "units (--sparsity = encoder weights removed); flops: heads and neurons of all "
+                                    "layers ranked together against one FLOPs budget (--sparsity = encoder FLOPs "
+                                    "removed). flops needs --granularity structured or hybrid."),
+    unit_scales: bool = typer.Option(False, help="Also learn one output scale per kept head and neuron, folded into "
+                                     "the weights at bake (an extension of the paper: Kwon et al. 2022's mask "
+                                     "tuning; pretrained weights stay untouched in the run). Gated granularities."),
     head_lr: float = typer.Option(1e-3, help="Learning rate of the new task head."),
     distill_from: Optional[Path] = typer.Option(None, help="A finished dense run (--method finetune) of the same task "
                                                 "whose logits teach the mask (knowledge distillation)."),
@@ -135,7 +142,8 @@ def prune(
                       data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
                       max_eval_samples=max_eval_samples, max_length=max_length, batch_size=batch_size, epochs=epochs,
                       group_by_length=group_by_length, token_cache=token_cache,
-                      max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, gate_init=gate_init, head_lr=head_lr,
+                      max_steps=max_steps, lr=lr, score_lr=score_lr, gate_lr=gate_lr, gate_init=gate_init,
+                      gate_budget=gate_budget, unit_scales=unit_scales, head_lr=head_lr,
                       distill_from=str(distill_from) if distill_from else None, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, score_init=score_init, mask_pooler=mask_pooler,
                       seed=seed, device=device, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,

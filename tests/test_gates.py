@@ -109,3 +109,94 @@ def test_block_size_that_does_not_divide_the_matrices_is_refused(tiny_prune_conf
         prune(dataclasses.replace(tiny_prune_config, block_size=8))
     assert not Path(tiny_prune_config.output).exists()
     assert not Path(tiny_prune_config.output + ".incomplete").exists()
+
+
+def test_flops_budget_removes_the_target_fraction_of_encoder_flops_to_within_one_neuron(tiny_prune_config, tmp_path):
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity="structured", gate_budget="flops",
+                                         sparsity=0.4, max_steps=6))
+    assert manifest["sparsity_definition"] == "encoder_flops_removed" and manifest["gate_budget"] == "flops"
+    removed = manifest["sparsities"]["encoder_flops_removed"]
+    neuron = 2 * 2 * 32 / (2 * (4 * (2 * 4 * 8 * 32 + 2 * 2 * 16 * 8) + 64 * 2 * 2 * 32))  # one neuron's share, len 16
+    assert 0.4 <= removed < 0.4 + neuron
+    summary = bake_run(tiny_prune_config.output, tmp_path / "baked")  # raises if logits moved by > 1e-4
+    assert sum(summary.heads) == sum(manifest["structure"]["heads_kept"])
+
+
+def _gates_with_scores(model, budget: str, head_score: float, neuron_score: float) -> GateSparsifier:
+    gates = GateSparsifier(0.5, "structured", "constant", seed=0, lr=0.05, budget=budget, seq_len=16)
+    gates.attach(model, prunable_linears(model))
+    with torch.no_grad():
+        for kind, score in (("head", head_score), ("neuron", neuron_score)):
+            for linear in gates.gated[kind].values():
+                linear.parametrizations.weight[0].scores.add_(score)
+    return gates
+
+
+@pytest.mark.parametrize("budget, heads_open, neurons_open", [("per-kind", 5, 77), ("flops", 8, 12)])
+def test_flops_budget_lets_the_scores_choose_attention_over_ffn(tiny_classifier, budget, heads_open, neurons_open):
+    # At length 16 a head costs 2,560 FLOPs per token and a neuron 128; 60% of 36,864 is 22,118.4.
+    gates = _gates_with_scores(tiny_classifier, budget, head_score=10.0, neuron_score=-10.0)
+    opened = gates.exact_open_units(0.6)
+    heads = sum(int(o.sum()) for o in opened["head"].values())
+    neurons = sum(int(o.sum()) for o in opened["neuron"].values())
+    assert (heads, neurons) == (heads_open, neurons_open)
+    if budget == "flops":  # every head (20,480) first, then neurons while they fit: 22,016, short by < one neuron
+        assert 22_118.4 - 128 < heads * 2560 + neurons * 128 <= 22_118.4
+        gates.set_keep(0.6)  # the training threshold: the same units here
+        assert sum(int(o.sum()) for kind in gates.open_units().values() for o in kind.values()) == 20
+
+
+def test_unit_scales_fold_exactly_into_the_baked_weights(tiny_classifier, tokenizer):
+    from abp_deploy.apply import apply_masks, apply_unit_scales
+    from abp_deploy.bake import bake_model
+
+    model = tiny_classifier
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+    gates = GateSparsifier(0.5, "structured", "magnitude", seed=0, lr=0.05, unit_scales=True)
+    gates.attach(model, prunable_linears(model))
+    with torch.no_grad():
+        for linears in gates.gated.values():
+            for linear in linears.values():
+                scales = linear.parametrizations.weight[0].scales
+                scales.copy_(torch.rand(scales.shape) * 2)
+    gates.set_keep(0.5)
+    batch = dict(tokenizer(["a good film", "it was not very bad at all"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        trained = model(**batch).logits  # the forward pass training saw: gates and scales on frozen weights
+    masks, scales = gates.final_masks(), gates.unit_scales()
+    gates.detach()
+    apply_masks(model, masks)
+    with torch.no_grad():
+        unscaled = model(**batch).logits
+    apply_unit_scales(model, scales)
+    bake_model(model)
+    with torch.no_grad():
+        baked = model(**batch).logits
+    torch.testing.assert_close(baked, trained, atol=1e-5, rtol=0)
+    assert (unscaled - trained).abs().max() > 1e-3  # the scales mattered
+
+
+def test_unit_scales_run_stores_them_beside_untouched_weights_and_bakes(tiny_prune_config, tmp_path):
+    from abp_deploy.artifacts import SCALES_FILE, load_tensors
+
+    manifest = prune(dataclasses.replace(tiny_prune_config, granularity="hybrid", sparsity=0.5, unit_scales=True,
+                                         max_steps=6))
+    assert manifest["unit_scales"] is True and manifest["pretrained_weights_unchanged"] is True
+    scales = load_tensors(Path(tiny_prune_config.output) / SCALES_FILE)
+    assert sorted(scales) == sorted(f"encoder.layer.{i}.{m}" for i in range(2)
+                                    for m in ("attention.output.dense", "output.dense"))
+    assert any((s != 1).any() for s in scales.values())  # learned
+    bake_run(tiny_prune_config.output, tmp_path / "baked")  # raises if baked logits differ from the run's
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"granularity": "head", "gate_budget": "flops"}, "--gate-budget flops ranks heads against neurons"),
+    ({"granularity": "structured", "gate_budget": "weights"}, "--gate-budget weights is unknown"),
+    ({"unit_scales": True}, "--unit-scales learns one scale per head and neuron gate"),
+])
+def test_gate_budget_and_unit_scales_are_refused_where_they_cannot_apply(tiny_prune_config, change, message):
+    with pytest.raises(AbpError, match=message):
+        prune(dataclasses.replace(tiny_prune_config, **change))

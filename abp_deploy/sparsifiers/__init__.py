@@ -13,7 +13,7 @@ from abp_deploy.errors import AbpError
 from abp_deploy.methods import Method
 from abp_deploy.sparsifiers.base import FLOPS_REMOVED, MASKED_WEIGHTS_ZERO, WEIGHTS_REMOVED, Sparsifier
 from abp_deploy.sparsifiers.dense import DenseSparsifier
-from abp_deploy.sparsifiers.gates import KINDS, GateSparsifier
+from abp_deploy.sparsifiers.gates import BUDGETS, KINDS, GateSparsifier
 from abp_deploy.sparsifiers.hybrid import HybridSparsifier
 from abp_deploy.sparsifiers.scores import MagnitudeSparsifier, ScoreSparsifier
 
@@ -57,6 +57,12 @@ def _refuse_unused(cfg: PruneConfig) -> None:
     if cfg.gate_init != "magnitude" and g not in GATED:
         raise AbpError(f"--gate-init {cfg.gate_init} applies to gated granularities (head, neuron, structured, "
                        "hybrid): drop it")
+    if cfg.gate_budget != "per-kind" and g not in ("structured", "hybrid"):
+        raise AbpError(f"--gate-budget {cfg.gate_budget} ranks heads against neurons: use --granularity structured "
+                       "or hybrid, or drop it")
+    if cfg.unit_scales and g not in GATED:
+        raise AbpError("--unit-scales learns one scale per head and neuron gate: use a gated granularity (head, "
+                       "neuron, structured, hybrid) or drop it")
 
 
 def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
@@ -70,6 +76,8 @@ def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
         raise AbpError(f"--granularity {cfg.granularity} is unknown: choose {', '.join(GRANULARITIES)}")
     if cfg.gate_init not in GATE_INITS:
         raise AbpError(f"--gate-init {cfg.gate_init} is unknown: choose {' or '.join(GATE_INITS)}")
+    if cfg.gate_budget not in BUDGETS:
+        raise AbpError(f"--gate-budget {cfg.gate_budget} is unknown: choose {' or '.join(BUDGETS)}")
     _refuse_unused(cfg)
     if cfg.granularity != "unstructured" and method.mask != "score":
         raise AbpError(f"--granularity {cfg.granularity} learns scores, which --method {method.name} has none of: "
@@ -82,14 +90,18 @@ def build_sparsifier(cfg: PruneConfig, method: Method) -> Sparsifier:
         return DenseSparsifier()
     if method.mask == "magnitude":
         return MagnitudeSparsifier(target, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr)
+    def gates(granularity: str) -> GateSparsifier:
+        return GateSparsifier(target, granularity, cfg.score_init, cfg.seed, gate_lr, cfg.gate_init, cfg.gate_budget,
+                              cfg.max_length, cfg.unit_scales)
+
     if cfg.granularity in KINDS:
-        return GateSparsifier(target, cfg.granularity, cfg.score_init, cfg.seed, gate_lr, cfg.gate_init)
+        return gates(cfg.granularity)
     if cfg.granularity == "hybrid":
         inner = DEFAULT_INNER_SPARSITY if cfg.inner_sparsity is None else cfg.inner_sparsity
         if not 0.0 <= inner < 1.0:
             raise AbpError(f"--inner-sparsity {inner} is outside [0, 1): pass the fraction of kept units' weights "
                            "to zero")
-        return HybridSparsifier(GateSparsifier(target, "structured", cfg.score_init, cfg.seed, gate_lr, cfg.gate_init),
+        return HybridSparsifier(gates("structured"),
                                 ScoreSparsifier(inner, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr, block,
                                                 granularity="hybrid"))
     return ScoreSparsifier(target, cfg.scope, cfg.score_init, cfg.seed, cfg.score_lr, block, cfg.granularity)

@@ -50,6 +50,10 @@ class Sparsifier(ABC):
         """Exact boolean masks (top-k at the target), keyed by prunable-linear name."""
         return {}
 
+    def unit_scales(self) -> dict[str, torch.Tensor]:
+        """Learned per-unit output scales, keyed by output matrix (none unless the run learns them)."""
+        return {}
+
     def detach(self) -> None:
         """Remove the masks, leaving every layer with its original, unmasked weight."""
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from abp_deploy.masking import cubic_sparsity
-from abp_deploy.sparsifiers.base import WEIGHTS_REMOVED, Sparsifier
+from abp_deploy.sparsifiers.base import Sparsifier
 from abp_deploy.sparsifiers.gates import GateSparsifier, OpenUnits
 from abp_deploy.sparsifiers.scores import ScoreSparsifier
 
@@ -24,7 +24,6 @@ class HybridSparsifier(Sparsifier):
     """Head + neuron gates at `target` weights removed, and an inner score mask at `inner` inside kept units."""
 
     granularity = "hybrid"
-    headline = WEIGHTS_REMOVED
 
     def __init__(self, gates: GateSparsifier, inner: ScoreSparsifier):
         super().__init__(gates.target)
@@ -32,6 +31,7 @@ class HybridSparsifier(Sparsifier):
         self._final_eligible: dict[str, torch.Tensor] = {}
         self._open_key: torch.Tensor | None = None  # open units at the last step, and their weight maps
         self._open_eligible: dict[str, torch.Tensor] = {}
+        self.headline = gates.headline  # weights or FLOPs removed: the gates' budget
 
     def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
         self.inner.attach(model, layers)  # first: the score mask is each layer's parametrization 0
@@ -63,6 +63,9 @@ class HybridSparsifier(Sparsifier):
     def final_masks(self) -> dict[str, torch.Tensor]:
         self._final_eligible = self._eligible(self.gates.exact_open_units(1.0 - self.target))
         return self.inner.exact_masks(1.0 - self.inner.target, self._final_eligible)
+
+    def unit_scales(self) -> dict[str, torch.Tensor]:
+        return self.gates.unit_scales()
 
     def detach(self) -> None:
         self.inner.detach()
