@@ -54,6 +54,7 @@ class Arm:
 
 
 SEEDS = (42, 43, 44)
+FLOPS = ("--gate-budget", "flops")
 PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
     # Issue 12: the paper's claim (unstructured ABP vs fine-tuning and other pruning methods).
     # Budgets as in common GLUE practice where the CPU allows; max length 128 for pair tasks.
@@ -71,7 +72,17 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          Arm("abp", 0.5, 3, ("--granularity", "structured"), "structured 50%, magnitude gates"),
          Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher"), "structured 50%, Fisher gates"),
          Arm("abp", 0.7, 3, ("--granularity", "hybrid"), "hybrid 70%, magnitude gates"),
-         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher"), "hybrid 70%, Fisher gates")),
+         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher"), "hybrid 70%, Fisher gates"),
+         # Levers 2 and 3: one FLOPs budget over heads and neurons, then per-unit scales (sparsity = FLOPs removed).
+         Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS),
+             "structured 50% FLOPs, Fisher"),
+         Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+             "structured 50% FLOPs, Fisher, scales"),
+         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+             "hybrid 70% FLOPs, Fisher, scales"),
+         # Lever 5: operating points of the full recipe.
+         *(Arm("abp", s, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+               f"structured {s:.0%} FLOPs, Fisher, scales") for s in (0.3, 0.4, 0.6))),
     ),
 }
 
@@ -82,10 +93,10 @@ def run_id(task: Task, arm: Arm, seed: int) -> str:
 
 
 def planned(plan: str) -> list[tuple[Task, Arm, int]]:
-    """Every run of a plan, most informative first: task by task, every seed of the targets' arms, then late arms."""
+    """Every run of a plan, most informative first: task by task, seed by seed, every arm; late arms last."""
     tasks, arms = PLANS[plan]
-    return [(t, a, s) for late in (False, True) for t in tasks for a in arms if a.late == late
-            for s in SEEDS[:a.seeds]]
+    return [(t, a, s) for late in (False, True) for t in tasks for s in SEEDS for a in arms
+            if a.late == late and s in SEEDS[:a.seeds]]
 
 
 def command(task: Task, arm: Arm, seed: int, out: Path, resume: bool) -> list[str]:
