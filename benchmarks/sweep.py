@@ -2,7 +2,7 @@
 
     python benchmarks/sweep.py run --plan paper                 # runs what is missing, in priority order
     python benchmarks/sweep.py run --plan paper --max-runs 4    # at most 4 new runs, then stop
-    python benchmarks/sweep.py report --plan paper              # tables (mean ± std over seeds) + plots
+    python benchmarks/sweep.py report --plan paper              # tables (mean ± std over seeds) + plot
 
 A run whose JSON exists under benchmarks/results/PLAN/ is skipped; an interrupted one resumes from
 its checkpoint (`abp-deploy prune --resume`). Run folders live in benchmarks/out/sweep/ (not
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "out" / "sweep"
+PLOTS = ROOT / "benchmarks" / "plots"
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 ABP_DEPLOY = Path(sys.executable).with_name("abp-deploy")
 
@@ -178,6 +179,7 @@ def report(plan: str) -> None:
     for arm in arms:
         cells = [_mean_std(table[(arm.label, t.name)]) if (arm.label, t.name) in table else "–" for t in tasks]
         print(f"| {arm.label} | " + " | ".join(cells) + " |")
+    _plot(plan, tasks, arms, table)
     dense = next(a.label for a in arms if a.method == "finetune")
     print("\nMinus fine-tune (pt, difference of means):")
     for arm in arms:
@@ -186,6 +188,37 @@ def report(plan: str) -> None:
             if arm.label != dense and mine and base:
                 print(f"  {t.name} {arm.label}: {statistics.mean(mine) - statistics.mean(base):+.2f} "
                       f"(seeds {', '.join(f'{v:.2f}' for v in mine)}; fine-tune {', '.join(f'{v:.2f}' for v in base)})")
+
+
+def _plot(plan: str, tasks: tuple[Task, ...], arms: tuple[Arm, ...], table: dict[tuple[str, str], list[float]]) -> None:
+    """One panel per task: each arm's mean dev score, seeds as dots, fine-tune − 1 pt as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [t for t in tasks if any((a.label, t.name) in table for a in arms)]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.2), squeeze=False)
+    dense = next(a.label for a in arms if a.method == "finetune")
+    for ax, task in zip(axes[0], shown):
+        for x, arm in enumerate(arms):
+            values = table.get((arm.label, task.name))
+            if values:
+                ax.bar(x, statistics.mean(values), color="grey" if arm.label == dense else "tab:blue", alpha=0.6)
+                ax.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+        if (dense, task.name) in table:
+            ax.axhline(statistics.mean(table[(dense, task.name)]) - 1.0, color="red", linewidth=0.8, linestyle=":")
+        ax.set_xticks(range(len(arms)), [a.label for a in arms], rotation=70, fontsize=6)
+        ax.set_title(task.name, fontsize=9)
+        scores = [v for a in arms for v in table.get((a.label, task.name), [])]
+        ax.set_ylim(min(scores) - 3, max(scores) + 2)
+    axes[0][0].set_ylabel("dev score ×100 (dots: seeds; red: fine-tune − 1 pt)")
+    fig.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / f"sweep-{plan}.png", dpi=90)
+    plt.close(fig)
 
 
 def main() -> None:
