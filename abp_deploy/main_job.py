@@ -41,6 +41,9 @@ class JobConfig:
     method: str = "abp"
     sparsity: float = 0.5
     granularity: str = "unstructured"
+    gate_init: str = "magnitude"  # gated granularities only (see PruneConfig)
+    gate_budget: str = "per-kind"
+    unit_scales: bool = False
     data_dir: str | None = None
     max_steps: int = 150
     batch_size: int = 32
@@ -80,12 +83,14 @@ def _check_job_file(out: Path, cfg: JobConfig, overwrite: bool) -> None:
     write_json(saved, current)
 
 
-def _prune_stage(cfg: JobConfig, method: str, sparsity: float | None, granularity: str, run_dir: Path,
-                 progress: bool) -> None:
+def _prune_stage(cfg: JobConfig, method: str, run_dir: Path, progress: bool) -> None:
+    """Prune (or continue) one of the job's two runs: the task mask with the job's settings, or the dense baseline."""
     work = incomplete_dir(run_dir)
     resume = (work / CHECKPOINT).is_dir()
-    prune(PruneConfig(task=cfg.task, model=cfg.model, method=method, sparsity=sparsity, granularity=granularity,
-                      output=str(run_dir),
+    mask = {} if method == "finetune" else {
+        "sparsity": cfg.sparsity, "granularity": cfg.granularity, "gate_init": cfg.gate_init,
+        "gate_budget": cfg.gate_budget, "unit_scales": cfg.unit_scales}
+    prune(PruneConfig(task=cfg.task, model=cfg.model, method=method, **mask, output=str(run_dir),
                       data_dir=cfg.data_dir, max_eval_samples=cfg.max_eval_samples, max_length=cfg.max_length,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, seed=cfg.seed, device=cfg.device,
                       checkpoint_every=50, resume=resume, overwrite=work.exists() and not resume, progress=progress))
@@ -96,14 +101,13 @@ def run_job(cfg: JobConfig, overwrite: bool = False, progress: bool = True,
     """Run (or continue) every stage and return the bench result; the report is in OUTPUT/report."""
     out = Path(cfg.output)
     _check_job_file(out, cfg, overwrite)
-    models = {"abp": (cfg.method, cfg.sparsity, cfg.granularity), BASELINE: ("finetune", None, "unstructured")}
-    for name, (method, sparsity, granularity) in models.items():
+    for name, method in {"abp": cfg.method, BASELINE: "finetune"}.items():
         run_dir, baked, onnx = out / "runs" / name, out / "baked" / name, out / "onnx" / name
         if (run_dir / MANIFEST_FILE).is_file():
             say(f"reusing {run_dir}")
         else:
             say(f"prune: {method} on {cfg.task} -> {run_dir}")
-            _prune_stage(cfg, method, sparsity, granularity, run_dir, progress)
+            _prune_stage(cfg, method, run_dir, progress)
         if not (baked / SUMMARY_FILE).is_file():
             say(f"bake: {run_dir} -> {baked}")
             bake_run(run_dir, baked, overwrite=True)

@@ -313,6 +313,9 @@ def run_main_job(
     sparsity: float = typer.Option(0.5, help="Fraction of prunable weights set to zero."),
     granularity: str = typer.Option("unstructured", help="unstructured, block, head, neuron, structured or "
                                     "hybrid (see prune)."),
+    gate_init: str = typer.Option("magnitude", help="magnitude or fisher (gated granularities; see prune)."),
+    gate_budget: str = typer.Option("per-kind", help="per-kind or flops (structured and hybrid; see prune)."),
+    unit_scales: bool = typer.Option(False, help="Learn one output scale per kept head and neuron (see prune)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (for GLUE tasks)."),
     max_steps: int = typer.Option(150, help="Optimizer steps of each prune/fine-tune run."),
     batch_size: int = typer.Option(32),
@@ -335,6 +338,7 @@ def run_main_job(
     from abp_deploy.main_job import JobConfig, run_job
 
     cfg = JobConfig(task=task, model=model, method=method, sparsity=sparsity, granularity=granularity,
+                    gate_init=gate_init, gate_budget=gate_budget, unit_scales=unit_scales,
                     data_dir=str(data_dir) if data_dir else None, max_steps=max_steps, batch_size=batch_size,
                     max_length=max_length, max_eval_samples=max_eval_samples, seed=seed, device=device,
                     optimize=None if optimize.lower() == "none" else optimize,

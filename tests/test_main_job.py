@@ -35,3 +35,14 @@ def test_job_refuses_to_mix_settings_in_one_folder(job):
     with pytest.raises(AbpError, match="holds a job with other settings \\(sparsity\\)"):
         run_job(dataclasses.replace(job, sparsity=0.5), progress=False, say=lambda _: None)
     assert json.loads((Path(job.output) / "job.json").read_text())["sparsity"] == 0.9
+
+
+def test_job_passes_its_gate_settings_to_the_task_mask_only(job):
+    gated = dataclasses.replace(job, granularity="structured", sparsity=0.5, gate_budget="flops", unit_scales=True)
+    run_job(gated, progress=False, say=lambda _: None)
+    runs = Path(job.output) / "runs"
+    abp = json.loads((runs / "abp" / "manifest.json").read_text())
+    dense = json.loads((runs / "dense" / "manifest.json").read_text())
+    assert (abp["granularity"], abp["gate_budget"], abp["unit_scales"]) == ("structured", "flops", True)
+    assert abp["sparsity_definition"] == "encoder_flops_removed"
+    assert dense["method"] == "finetune" and dense["sparsity"] == 0.0
