@@ -72,6 +72,7 @@ def _run_summary(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     heads, neurons = alive["head"], alive["neuron"]
     summary = {
         "run": str(run_dir), "task": manifest["task"], "method": manifest["method"],
+        "scope": manifest.get("config", {}).get("scope", "per-matrix"),
         "granularity": manifest.get("granularity", "unstructured"), "seed": manifest["seed"],
         "base_model_sha256": manifest["base_model_sha256"], "sparsity": manifest["sparsity"],
         "sparsity_definition": manifest.get("sparsity_definition", "masked_weights_zero"),

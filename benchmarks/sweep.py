@@ -64,7 +64,9 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
         (Task("cola", 3, 64), Task("stsb", 3, 128), Task("mrpc", 3, 128), Task("rotten_tomatoes", 3, 64, glue=False),
          Task("rte", 3, 128), Task("sst2", 1, 64)),
         (Arm("finetune", None, 3), Arm("abp", 0.5, 3), Arm("magnitude", 0.5, 1), Arm("movement", 0.5, 1, late=True),
-         Arm("abp", 0.3, 1, late=True), Arm("abp", 0.7, 1, late=True)),
+         Arm("abp", 0.3, 1, late=True), Arm("abp", 0.7, 1, late=True),
+         # Per-matrix top-k fixes every matrix at 50%; a global budget lets the method choose where to prune.
+         Arm("abp", 0.5, 1, ("--scope", "global"), "abp 50% global", late=True)),
     ),
     # Issue 11: structured masks at speed, one lever at a time (fine-tune: the paper plan's runs, same budget).
     "levers": (

@@ -6,8 +6,9 @@ Runs `abp-deploy analyze` (the product command) on every finished run folder of 
 50% (ABP, all seeds; magnitude and movement), then groups its pairwise Jaccard indices of kept
 weights: the same task across seeds (how stable is the mask?) against different tasks (how
 task-specific?), and method against method on the same task and seed. Two independent random masks
-that each keep half the weights have an expected Jaccard of 1/3. The summary is committed as
-benchmarks/results/topology.json.
+that each keep half the weights have an expected Jaccard of 1/3. Per-matrix runs (the default
+`--scope`) are 50% in every matrix by construction; the one-seed `--scope global` ABP runs show
+where the method itself puts the zeros. The summary is committed as benchmarks/results/topology.json.
 """
 
 from __future__ import annotations
@@ -32,15 +33,22 @@ def run_folders() -> list[Path]:
     """Finished 50% runs of the paper plan's pruning methods, in plan order."""
     folders = []
     for task, arm, seed in sweep.planned("paper"):
-        if arm.method in METHODS and arm.sparsity == 0.5:
+        if arm.method in METHODS and arm.sparsity == 0.5:  # per-matrix and global ABP alike
             folder = sweep.RUNS / "paper" / sweep.run_id(task, arm, seed)
             if (folder / "manifest.json").is_file():
                 folders.append(folder)
     return folders
 
 
+def _method(run: dict) -> str:
+    return run["method"] + (" (global)" if run["scope"] == "global" else "")
+
+
 def _pair_kind(a: dict, b: dict) -> str | None:
     """Which question a pair of runs answers (None: not one the study asks)."""
+    if a["scope"] != b["scope"]:
+        return "abp per-matrix vs global, same task and seed" if a["task"] == b["task"] and a["seed"] == b["seed"] \
+            else None
     if a["method"] == b["method"] == "abp":
         if a["task"] == b["task"]:
             return "ABP, same task, other seed"
@@ -63,10 +71,10 @@ def summarise(analysis: dict) -> dict:
     for r in analysis["runs"]:
         for layer in r["sparsity_by_layer_and_type"]:
             for kind, value in layer.items():
-                by_type[r["method"]][kind].append(value)
-        by_layer[r["method"]].append([statistics.mean(layer.values()) for layer in r["sparsity_by_layer_and_type"]])
+                by_type[_method(r)][kind].append(value)
+        by_layer[_method(r)].append([statistics.mean(layer.values()) for layer in r["sparsity_by_layer_and_type"]])
     return {
-        "runs": [{k: r[k] for k in ("label", "task", "method", "seed", "heads_alive", "neurons_alive")}
+        "runs": [{k: r[k] for k in ("label", "task", "method", "scope", "seed", "heads_alive", "neurons_alive")}
                  for r in analysis["runs"]],
         "jaccard": {kind: {k: {"mean": statistics.mean(v), "min": min(v), "max": max(v), "pairs": len(v)}
                            for k, v in values.items()} for kind, values in sorted(pairs.items())},
@@ -94,7 +102,7 @@ def print_tables(summary: dict) -> None:
         print(f"  {method}: " + ", ".join(f"L{i} {v:.3f}" for i, v in enumerate(values)))
     alive = defaultdict(list)
     for r in summary["runs"]:
-        alive[r["method"]].append((sum(r["heads_alive"]), sum(r["neurons_alive"])))
+        alive[_method(r)].append((sum(r["heads_alive"]), sum(r["neurons_alive"])))
     print("\nHeads and FFN neurons alive (all layers; mean over runs): " + "; ".join(
         f"{m} {statistics.mean(h for h, _ in v):.1f} heads, {statistics.mean(n for _, n in v):.0f} neurons"
         for m, v in alive.items()))
