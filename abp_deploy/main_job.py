@@ -30,6 +30,7 @@ from abp_deploy.prune import PruneConfig, prune
 
 JOB_FILE = "job.json"
 BASELINE = "dense"
+ABP_INT8 = "abp-int8"
 
 
 @dataclass
@@ -96,13 +97,23 @@ def _prune_stage(cfg: JobConfig, method: str, run_dir: Path, progress: bool) -> 
                       checkpoint_every=50, resume=resume, overwrite=work.exists() and not resume, progress=progress))
 
 
+def _export_stage(cfg: JobConfig, baked: Path, onnx: Path, quantize: str | None, say: Callable[[str], None]) -> None:
+    if not (onnx / REPORT_FILE).is_file():
+        say(f"export: {baked} -> {onnx} ({cfg.optimize or 'no optimisation'}{', ' + quantize if quantize else ''})")
+        export_model(baked, onnx, optimize=cfg.optimize, quantize=quantize, data_dir=cfg.data_dir, overwrite=True)
+
+
 def run_job(cfg: JobConfig, overwrite: bool = False, progress: bool = True,
             say: Callable[[str], None] = print) -> dict:
-    """Run (or continue) every stage and return the bench result; the report is in OUTPUT/report."""
+    """Run (or continue) every stage and return the bench result; the report is in OUTPUT/report.
+
+    Without `quantize`, the task mask is exported in fp32 and in int8 (ABP_INT8), and bench adds the
+    dense model in int8: the report then compares both precisions on both sides.
+    """
     out = Path(cfg.output)
     _check_job_file(out, cfg, overwrite)
     for name, method in {"abp": cfg.method, BASELINE: "finetune"}.items():
-        run_dir, baked, onnx = out / "runs" / name, out / "baked" / name, out / "onnx" / name
+        run_dir, baked = out / "runs" / name, out / "baked" / name
         if (run_dir / MANIFEST_FILE).is_file():
             say(f"reusing {run_dir}")
         else:
@@ -111,14 +122,13 @@ def run_job(cfg: JobConfig, overwrite: bool = False, progress: bool = True,
         if not (baked / SUMMARY_FILE).is_file():
             say(f"bake: {run_dir} -> {baked}")
             bake_run(run_dir, baked, overwrite=True)
-        if not (onnx / REPORT_FILE).is_file():
-            say(f"export: {baked} -> {onnx} ({cfg.optimize or 'no optimisation'}"
-                f"{', ' + cfg.quantize if cfg.quantize else ''})")
-            export_model(baked, onnx, optimize=cfg.optimize, quantize=cfg.quantize, data_dir=cfg.data_dir,
-                         overwrite=True)
+        _export_stage(cfg, baked, out / "onnx" / name, cfg.quantize, say)
+        if name == "abp" and cfg.quantize is None:
+            _export_stage(cfg, baked, out / "onnx" / ABP_INT8, "int8", say)
+    artefacts = [out / "onnx" / "abp"] + ([out / "onnx" / ABP_INT8] if cfg.quantize is None else [])
     report = out / "report"
-    say(f"bench: {out / 'onnx' / 'abp'} against {out / 'onnx' / BASELINE} -> {report}")
-    result = bench([out / "onnx" / "abp"], baseline=out / "onnx" / BASELINE,
+    say(f"bench: {', '.join(str(a) for a in artefacts)} against {out / 'onnx' / BASELINE} -> {report}")
+    result = bench(artefacts, baseline=out / "onnx" / BASELINE,
                    cfg=BenchConfig(batch_sizes=cfg.batch_sizes, seq_lens=cfg.seq_lens, threads=cfg.threads,
                                    repeats=cfg.repeats, data_dir=cfg.data_dir, max_eval_samples=cfg.max_eval_samples,
                                    progress=progress))

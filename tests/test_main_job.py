@@ -21,8 +21,9 @@ def job(tiny_model_dir, tiny_glue_dir, tmp_path) -> JobConfig:
 
 def test_job_benches_the_task_mask_against_its_dense_baseline(job, tmp_path):
     result = run_job(job, progress=False, say=lambda _: None)
-    assert [a["name"] for a in result["artifacts"]] == ["dense", "abp", "dense-int8"]
-    assert result["artifacts"][2]["reference"] and result["artifacts"][2]["quantize"] == "int8"
+    assert [a["name"] for a in result["artifacts"]] == ["dense", "abp", "abp-int8", "dense-int8"]
+    assert [a["quantize"] for a in result["artifacts"]] == [None, None, "int8", "int8"]
+    assert result["artifacts"][3]["reference"] and not result["artifacts"][2]["reference"]
     assert result["artifacts"][1]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert (tmp_path / "job" / "report" / "bench.md").is_file()
     lines: list[str] = []
