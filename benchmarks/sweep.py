@@ -69,23 +69,28 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          Arm("abp", 0.5, 1, ("--scope", "global"), "abp 50% global", late=True)),
     ),
     # Issue 11: structured masks at speed, one lever at a time (fine-tune: the paper plan's runs, same budget).
+    # Three seeds for fine-tune and the arms on the Pareto front at seed 42; the dominated ablation rows and
+    # the operating points around them keep one seed (stated in every table: the seed count is a column).
     "levers": (
         (Task("rotten_tomatoes", 3, 64, glue=False), Task("sst2", 1, 64)),
         (Arm("finetune", None, 3),
-         Arm("abp", 0.5, 3, ("--granularity", "structured"), "structured 50%, magnitude gates"),
-         Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher"), "structured 50%, Fisher gates"),
-         Arm("abp", 0.7, 3, ("--granularity", "hybrid"), "hybrid 70%, magnitude gates"),
+         Arm("abp", 0.5, 1, ("--granularity", "structured"), "structured 50%, magnitude gates"),
+         Arm("abp", 0.5, 1, ("--granularity", "structured", "--gate-init", "fisher"), "structured 50%, Fisher gates"),
+         Arm("abp", 0.7, 1, ("--granularity", "hybrid"), "hybrid 70%, magnitude gates"),
          Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher"), "hybrid 70%, Fisher gates"),
          # Levers 2 and 3: one FLOPs budget over heads and neurons, then per-unit scales (sparsity = FLOPs removed).
-         Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS),
+         Arm("abp", 0.5, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS),
              "structured 50% FLOPs, Fisher"),
          Arm("abp", 0.5, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
              "structured 50% FLOPs, Fisher, scales"),
          Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
              "hybrid 70% FLOPs, Fisher, scales"),
-         # Lever 5: operating points of the full recipe.
-         *(Arm("abp", s, 3, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
-               f"structured {s:.0%} FLOPs, Fisher, scales") for s in (0.3, 0.4, 0.6))),
+         # Lever 5: operating points of the full recipe. Structured 30% lost 2.8 pt at seed 42, more than hybrid
+         # 70%: masks need fine-grained decisions, so the other points are hybrid (late: after the seeds above).
+         Arm("abp", 0.3, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+             "structured 30% FLOPs, Fisher, scales"),
+         *(Arm("abp", s, 1, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+               f"hybrid {s:.0%} FLOPs, Fisher, scales", late=s != 0.6) for s in (0.6, 0.5, 0.8))),
     ),
 }
 
