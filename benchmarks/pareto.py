@@ -178,9 +178,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per cell and artefact")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="no bench: table and plot from the committed JSON")
+    parser.add_argument("--export-only", action="store_true", help="export what is missing (e.g. while runs train)")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    if args.export_only:
+        export_all(finished_runs(args.plan, args.task), args.task)
+        return
     if args.report:
         summary = json.loads((RESULTS / f"{args.plan}-{args.task}.json").read_text())
     else:
