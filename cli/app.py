@@ -310,14 +310,16 @@ def run_main_job(
     task: str = typer.Option("rotten_tomatoes", help="Task to adapt to (see abp-deploy tasks)."),
     model: str = typer.Option("minilm-l6", help="Hub id, local save_pretrained folder, or 'minilm-l6' (packaged)."),
     method: str = typer.Option("abp", help="Pruning method of the task model (abp, movement, magnitude)."),
-    sparsity: float = typer.Option(0.5, help="Fraction of prunable weights set to zero."),
-    granularity: str = typer.Option("unstructured", help="unstructured, block, head, neuron, structured or "
+    sparsity: float = typer.Option(0.7, help="Target sparsity under the granularity's definition (see prune)."),
+    granularity: str = typer.Option("hybrid", help="unstructured, block, head, neuron, structured or "
                                     "hybrid (see prune)."),
-    gate_init: str = typer.Option("magnitude", help="magnitude or fisher (gated granularities; see prune)."),
+    gate_init: Optional[str] = typer.Option(None, help="magnitude or fisher (gated granularities; see prune) "
+                                            "[default: fisher for gated granularities]."),
     gate_budget: str = typer.Option("per-kind", help="per-kind or flops (structured and hybrid; see prune)."),
     unit_scales: bool = typer.Option(False, help="Learn one output scale per kept head and neuron (see prune)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder in the GLUE tsv layout (for GLUE tasks)."),
-    max_steps: int = typer.Option(150, help="Optimizer steps of each prune/fine-tune run."),
+    epochs: float = typer.Option(3.0, help="Passes over the training set of each prune/fine-tune run."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps of each run (overrides --epochs)."),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64, help="Maximum tokens per training and dev example."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Subsample the dev split(s) (fixed seed)."),
@@ -339,7 +341,8 @@ def run_main_job(
 
     cfg = JobConfig(task=task, model=model, method=method, sparsity=sparsity, granularity=granularity,
                     gate_init=gate_init, gate_budget=gate_budget, unit_scales=unit_scales,
-                    data_dir=str(data_dir) if data_dir else None, max_steps=max_steps, batch_size=batch_size,
+                    data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+                    max_steps=max_steps, batch_size=batch_size,
                     max_length=max_length, max_eval_samples=max_eval_samples, seed=seed, device=device,
                     optimize=None if optimize.lower() == "none" else optimize,
                     quantize=None if quantize.lower() == "none" else quantize,

@@ -14,7 +14,8 @@ from abp_deploy.main_job import JobConfig, run_job
 
 @pytest.fixture()
 def job(tiny_model_dir, tiny_glue_dir, tmp_path) -> JobConfig:
-    return JobConfig(task="sst2", model=str(tiny_model_dir), data_dir=str(tiny_glue_dir), sparsity=0.9, max_steps=4,
+    return JobConfig(task="sst2", model=str(tiny_model_dir), data_dir=str(tiny_glue_dir), granularity="unstructured",
+                     sparsity=0.9, max_steps=4,
                      batch_size=16, max_length=16, batch_sizes=(1,), seq_lens=(16,), threads=1, repeats=3,
                      device="cpu", output=str(tmp_path / "job"))
 
@@ -45,5 +46,12 @@ def test_job_passes_its_gate_settings_to_the_task_mask_only(job):
     abp = json.loads((runs / "abp" / "manifest.json").read_text())
     dense = json.loads((runs / "dense" / "manifest.json").read_text())
     assert (abp["granularity"], abp["gate_budget"], abp["unit_scales"]) == ("structured", "flops", True)
+    assert abp["gate_init"] == "fisher"  # the job's default for gated granularities
     assert abp["sparsity_definition"] == "encoder_flops_removed"
     assert dense["method"] == "finetune" and dense["sparsity"] == 0.0
+
+
+def test_job_with_an_ungated_granularity_does_not_trip_over_the_gate_init_default(job):
+    run_job(dataclasses.replace(job, granularity="unstructured"), progress=False, say=lambda _: None)
+    abp = json.loads((Path(job.output) / "runs" / "abp" / "manifest.json").read_text())
+    assert abp["granularity"] == "unstructured" and abp["config"]["gate_init"] == "magnitude"
