@@ -138,12 +138,14 @@ def _result(plan: str, task: Task, arm: Arm, seed: int) -> dict | None:
     return None
 
 
-def run(plan: str, max_runs: int | None, only: set[str] | None) -> None:
+def run(plan: str, max_runs: int | None, only: set[str] | None, match: str | None = None) -> None:
     done = 0
     for task, arm, seed in planned(plan):
         if only and task.name not in only:
             continue
         name = run_id(task, arm, seed)
+        if match and match not in name:
+            continue
         result = RESULTS / plan / f"{name}.json"
         if _result(plan, task, arm, seed) is not None:  # done, here or by another plan with the same budget
             continue
@@ -236,11 +238,12 @@ def main() -> None:
     r.add_argument("--plan", default="paper", choices=sorted(PLANS))
     r.add_argument("--max-runs", type=int)
     r.add_argument("--tasks", help="comma-separated subset of the plan's tasks")
+    r.add_argument("--match", help="only runs whose id contains this text (e.g. one arm first)")
     p = sub.add_parser("report")
     p.add_argument("--plan", default="paper", choices=sorted(PLANS))
     args = parser.parse_args()
     if args.mode == "run":
-        run(args.plan, args.max_runs, set(args.tasks.split(",")) if args.tasks else None)
+        run(args.plan, args.max_runs, set(args.tasks.split(",")) if args.tasks else None, args.match)
     else:
         report(args.plan)
 
