@@ -49,6 +49,8 @@ class GateSparsifier(Sparsifier):
         self.gated: dict[str, dict[int, nn.Linear]] = {}  # kind -> layer index -> the Linear its gates sit on
         self.widths: dict[str, int] = {}
         self.costs: dict[str, dict[int, int]] = {}  # kind -> layer index -> FLOPs per token of one unit
+        self._order: list[tuple[str, int]] | None = None  # the FLOPs ranking's fixed order (_ranking_order)
+        self._unit_costs = torch.zeros(0, dtype=torch.float64)
 
     def attach(self, model: PreTrainedModel, layers: dict[str, nn.Linear]) -> None:
         generator = torch.Generator().manual_seed(self.seed)
@@ -84,17 +86,21 @@ class GateSparsifier(Sparsifier):
             groups.append({"params": own_parameters(model, scales), "lr": SCALE_LR, "weight_decay": 0.0})
         return groups
 
+    def _ranking_order(self) -> tuple[list[tuple[str, int]], torch.Tensor]:
+        """(kind, layer) blocks of every gate in one fixed order, and each unit's FLOPs: built once, they never change."""
+        if self._order is None:
+            self._order = [(kind.name, i) for kind in self.kinds
+                           for i in sorted(self.gated[kind.name], key=lambda i: matrix_name(i, kind.output))]
+            self._unit_costs = torch.cat([
+                torch.full((self._gate(self.gated[kind][i]).scores.numel(),), self.costs[kind][i], dtype=torch.float64)
+                for kind, i in self._order])
+        return self._order, self._unit_costs
+
     def _ranked(self) -> tuple[list[tuple[str, int]], torch.Tensor, torch.Tensor]:
         """Every gate of every kind in one fixed order: (kind, layer) blocks, the scores and each unit's FLOPs."""
-        blocks, scores, costs = [], [], []
-        for kind in self.kinds:
-            linears = self.gated[kind.name]
-            for i in sorted(linears, key=lambda i: matrix_name(i, kind.output)):
-                s = self._gate(linears[i]).scores.detach().float().cpu()
-                blocks.append((kind.name, i))
-                scores.append(s)
-                costs.append(torch.full(s.shape, self.costs[kind.name][i], dtype=torch.float64))
-        return blocks, torch.cat(scores), torch.cat(costs)
+        blocks, costs = self._ranking_order()
+        scores = torch.cat([self._gate(self.gated[kind][i]).scores.detach().float().cpu() for kind, i in blocks])
+        return blocks, scores, costs
 
     def _flops_open(self, keep: float, fill: bool) -> tuple[list[tuple[str, int]], torch.Tensor, torch.Tensor]:
         """Units opened by descending score while their FLOPs fit `keep` of the total.
