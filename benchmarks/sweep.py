@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "out" / "sweep"
 PLOTS = ROOT / "benchmarks" / "plots"
 GLUE = ROOT.parent / "shared" / "data" / "glue"
-ABP_DEPLOY = Path(sys.executable).with_name("abp-deploy")
+
+
+def _abp_deploy() -> str:
+    """The `abp-deploy` of this interpreter's environment (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("abp-deploy")
+    found = str(beside) if beside.is_file() else shutil.which("abp-deploy")
+    if found is None:
+        sys.exit("sweep: no abp-deploy command found; run this script with the project's venv python (.venv/bin/python)")
+    return found
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ def planned(plan: str) -> list[tuple[Task, Arm, int]]:
 
 def command(task: Task, arm: Arm, seed: int, out: Path, resume: bool) -> list[str]:
     """The `abp-deploy prune` command line of one run."""
-    cmd = [str(ABP_DEPLOY), "prune", "--task", task.name, "--method", arm.method, "--epochs", str(task.epochs),
+    cmd = [_abp_deploy(), "prune", "--task", task.name, "--method", arm.method, "--epochs", str(task.epochs),
            "--max-length", str(task.max_length), "--batch-size", "32", "--seed", str(seed), "-o", str(out),
            "--checkpoint-every", "100", "--no-progress", *arm.extra]
     if arm.sparsity is not None:
