@@ -46,7 +46,7 @@ def finished_runs(plan: str, task: str) -> list[tuple[sweep.Arm, int, Path]]:
         if t.name != task:
             continue
         name = sweep.run_id(t, arm, seed)
-        folder = next((d / name for d in sorted(sweep.RUNS.iterdir()) if (d / name / "manifest.json").is_file()), None)
+        folder = sweep.run_folder(name)
         if folder is not None and sweep._result(plan, t, arm, seed) is not None:
             found.append((arm, seed, folder))
     return found

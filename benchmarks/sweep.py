@@ -65,6 +65,9 @@ class Arm:
 
 SEEDS = (42, 43, 44)
 FLOPS = ("--gate-budget", "flops")
+# Stands for the run folder of the same task and seed's dense fine-tune (the teacher of a distilled arm).
+TEACHER = "{teacher}"
+DISTILL = ("--distill-from", TEACHER)
 PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
     # Issue 12: the paper's claim (unstructured ABP vs fine-tuning and other pruning methods).
     # Budgets as in common GLUE practice where the CPU allows; max length 128 for pair tasks.
@@ -100,14 +103,36 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          Arm("abp", 0.3, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
              "structured 30% FLOPs, Fisher, scales"),
          *(Arm("abp", s, 1, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
-               f"hybrid {s:.0%} FLOPs, Fisher, scales", late=s != 0.6) for s in (0.6, 0.5, 0.8))),
+               f"hybrid {s:.0%} FLOPs, Fisher, scales", late=s != 0.6) for s in (0.6, 0.5, 0.8)),
+         # The gap left after levers 1-3 is capacity, not unit choice: the dense fine-tune's logits as soft targets
+         # (same seed's run as teacher, so the arm costs one fine-tune more). And the paper's unstructured mask,
+         # the front's other end (shared with the paper plan).
+         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher", *DISTILL),
+             "hybrid 70%, Fisher gates, distilled"),
+         Arm("abp", 0.5, 1, name="unstructured 50% (the paper's)")),
     ),
 }
 
 
 def run_id(task: Task, arm: Arm, seed: int) -> str:
     sparsity = "dense" if arm.sparsity is None else f"s{round(arm.sparsity * 100):02d}"
-    return "-".join([task.name, arm.method, sparsity, *(a.strip("-") for a in arm.extra), f"seed{seed}"])
+    extra = (a.replace(TEACHER, "finetune").strip("-") for a in arm.extra)
+    return "-".join([task.name, arm.method, sparsity, *extra, f"seed{seed}"])
+
+
+def run_folder(name: str) -> Path | None:
+    """The finished run folder of a run id, in any plan's folder (runs are shared across plans)."""
+    found = [d / name for d in sorted(RUNS.iterdir()) if (d / name / "manifest.json").is_file()] if RUNS.is_dir() else []
+    return found[0] if found else None
+
+
+def _teacher(task: Task, seed: int) -> str:
+    """The finished dense fine-tune run of this task and seed, which a distilled arm learns from."""
+    name = run_id(task, Arm("finetune", None, 1), seed)
+    folder = run_folder(name)
+    if folder is None:
+        sys.exit(f"sweep: the distilled arm needs the fine-tune run {name} in {RUNS}; run its plan's fine-tune first")
+    return str(folder)
 
 
 def planned(plan: str) -> list[tuple[Task, Arm, int]]:
@@ -121,7 +146,8 @@ def command(task: Task, arm: Arm, seed: int, out: Path, resume: bool) -> list[st
     """The `abp-deploy prune` command line of one run."""
     cmd = [_abp_deploy(), "prune", "--task", task.name, "--method", arm.method, "--epochs", str(task.epochs),
            "--max-length", str(task.max_length), "--batch-size", "32", "--seed", str(seed), "-o", str(out),
-           "--checkpoint-every", "100", "--no-progress", *arm.extra]
+           "--checkpoint-every", "100", "--no-progress",
+           *(_teacher(task, seed) if a == TEACHER else a for a in arm.extra)]
     if arm.sparsity is not None:
         cmd += ["--sparsity", str(arm.sparsity)]
     if task.glue:
