@@ -34,8 +34,8 @@ def run_folders() -> list[Path]:
     folders = []
     for task, arm, seed in sweep.planned("paper"):
         if arm.method in METHODS and arm.sparsity == 0.5:  # per-matrix and global ABP alike
-            folder = sweep.RUNS / "paper" / sweep.run_id(task, arm, seed)
-            if (folder / "manifest.json").is_file():
+            folder = sweep.run_folder(sweep.run_id(task, arm, seed))  # any plan's folder: runs are shared
+            if folder is not None:
                 folders.append(folder)
     return folders
 
