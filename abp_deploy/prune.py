@@ -105,6 +105,10 @@ class PruneConfig:
     distill_temperature: float = 2.0
     warmup_ratio: float = 0.1
     mask_pooler: bool = True
+    # Train the pretrained pooler with the head instead of masking it. For checkpoints whose pooler was never trained
+    # (sentence-transformers models read a mean of the tokens, not [CLS] through the pooler), a frozen pooler is a
+    # fixed random-like projection between the masked encoder and the classifier.
+    train_pooler: bool = False
     seed: int = 42
     device: str = "auto"
     mixed_precision: str = "auto"
@@ -160,6 +164,9 @@ def _check_settings(cfg: PruneConfig) -> None:
     if not 0.0 <= cfg.distill_alpha <= 1.0 or cfg.distill_temperature <= 0:
         raise AbpError(f"--distill-alpha {cfg.distill_alpha} / --distill-temperature {cfg.distill_temperature} out of "
                        "range: alpha in [0, 1], temperature > 0")
+    if cfg.train_pooler and get_method(cfg.method).trains_weights:
+        raise AbpError(f"--train-pooler is for masks over frozen weights; --method {cfg.method} already trains the "
+                       "pooler with the rest: drop --train-pooler")
     if cfg.mixed_precision not in ("auto", "no", "fp16", "bf16"):
         raise AbpError(f"--mixed-precision {cfg.mixed_precision} is unknown: choose auto, no, fp16 or bf16")
 
@@ -264,9 +271,12 @@ def prune(cfg: PruneConfig) -> dict:
     model, new_keys = load_classifier(cfg.model, task)
     teacher = load_teacher(cfg.distill_from, task, tokenizer) if cfg.distill_from else None
     base_hash = weights_hash(model, skip=new_keys)  # only the weights the checkpoint provides
-    head_keys = new_keys  # weights the checkpoint lacked are the new task head
-    pooler_is_pretrained = not any(".pooler." in k for k in new_keys)
-    layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained)
+    # The task head: the weights the checkpoint lacked, and the pretrained pooler when --train-pooler
+    pooler_keys = {k for k, _ in model.named_parameters() if ".pooler." in k}
+    head_keys = new_keys | (pooler_keys if cfg.train_pooler else set())
+    frozen_hash = weights_hash(model, skip=head_keys)
+    pooler_is_pretrained = not pooler_keys & new_keys
+    layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained and not cfg.train_pooler)
     sparsifier.attach(model, layers)
     if not cfg.resume:  # a resumed run restores its scores and head from the checkpoint
         model.to(accelerator.device)
@@ -307,7 +317,7 @@ def prune(cfg: PruneConfig) -> dict:
         scales = sparsifier.unit_scales()
         sparsifier.detach()
         # pretrained weights untouched (abp): checked, not assumed
-        frozen_ok = weights_hash(model, skip=new_keys) == base_hash
+        frozen_ok = weights_hash(model, skip=head_keys) == frozen_hash
         state = model.state_dict()
         head = {k: state[k].detach().cpu().contiguous() for k in sorted(head_keys)}
         trained_weights = ({k: v.detach().cpu().contiguous() for k, v in model.base_model.state_dict().items()}
@@ -345,6 +355,7 @@ def prune(cfg: PruneConfig) -> dict:
             "train_examples": len(train),
             "dev_metrics": metrics,
             "initialised_weights": sorted(new_keys),
+            "head_weights": sorted(head_keys),
             "skipped_rows": skipped,
             "training": training | {"steps_per_epoch": steps_per_epoch},
             "regression_targets": dataclasses.asdict(scaler) if scaler is not None else None,

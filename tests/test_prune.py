@@ -187,3 +187,23 @@ def test_a_relative_data_dir_is_recorded_absolute_so_later_stages_find_it(tiny_p
     monkeypatch.chdir(data.parent)
     manifest = prune(dataclasses.replace(tiny_prune_config, data_dir=data.name))
     assert manifest["config"]["data_dir"] == str(data.resolve())
+
+
+def test_train_pooler_trains_the_pooler_as_head_and_keeps_the_encoder_bit_identical(tiny_prune_config, tiny_model_dir):
+    manifest = prune(dataclasses.replace(tiny_prune_config, train_pooler=True, max_steps=30))
+    run = tiny_prune_config.output
+    head = load_tensors(f"{run}/head.safetensors")
+    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= set(head)
+    assert "pooler.dense" not in load_mask(f"{run}/mask.safetensors")  # trained, not masked
+    fresh, _ = load_classifier(str(tiny_model_dir), get_task("sst2"))
+    assert not torch.equal(head["bert.pooler.dense.weight"], fresh.bert.pooler.dense.weight)
+    assert manifest["pretrained_weights_unchanged"] is True  # the encoder's weights
+    assert weights_hash(fresh) == manifest["base_model_sha256"]  # a fresh base still matches the run
+    model, tokenizer, task, _ = load_run_model(run)
+    dev = tokenize(load_split(task, "dev", tiny_prune_config.data_dir), tokenizer, tiny_prune_config.max_length)
+    assert evaluate(model, task, {"dev": dev_loader(dev, tokenizer, 64)}) == manifest["dev_metrics"]
+
+
+def test_train_pooler_with_a_weight_training_method_is_a_clear_error(tiny_prune_config):
+    with pytest.raises(AbpError, match="--train-pooler"):
+        prune(dataclasses.replace(tiny_prune_config, method="finetune", train_pooler=True))
