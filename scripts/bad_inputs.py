@@ -234,6 +234,8 @@ CASES: list[Case] = [
          lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--granularity", "head", "--gate-budget", "flops"]),
     Case("--unit-scales with the paper's unstructured mask",
          lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--unit-scales"]),
+    Case("--train-pooler with fine-tuning",
+         lambda ws, d: [*_prune("sst2", ws.glue, ws.model, d), "--method", "finetune", "--train-pooler"]),
     Case("a second prune writing the same -o (lock held by a live process)",
          lambda ws, d: _prune("sst2", ws.glue, ws.model, d), prepare=_locked),
     Case("run --overwrite on a folder abp-deploy did not write",
