@@ -80,8 +80,9 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          # Per-matrix top-k fixes every matrix at 50%; a global budget lets the method choose where to prune.
          Arm("abp", 0.5, 1, ("--scope", "global"), "abp 50% global", late=True),
          # The packaged MiniLM's pooler was never trained (zero bias; sentence-transformers reads a token mean): with
-         # it frozen, the classifier reads [CLS] through a fixed random-like projection. Train it with the head.
-         Arm("abp", 0.5, 1, ("--train-pooler",), "abp 50%, trained pooler", late=True)),
+         # it frozen, the classifier reads [CLS] through a fixed random-like projection. Trained with the head, seed
+         # 42 moved CoLA from MCC 1.8 to 28.3 and MRPC from 75.5 to 81.6: the arm gets the full three seeds.
+         Arm("abp", 0.5, 3, ("--train-pooler",), "abp 50%, trained pooler")),
     ),
     # Issue 11: structured masks at speed, one lever at a time (fine-tune: the paper plan's runs, same budget).
     # Three seeds for fine-tune and the arms on the Pareto front at seed 42 (hybrid 70%, with and without levers
