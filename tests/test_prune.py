@@ -207,3 +207,19 @@ def test_train_pooler_trains_the_pooler_as_head_and_keeps_the_encoder_bit_identi
 def test_train_pooler_with_a_weight_training_method_is_a_clear_error(tiny_prune_config):
     with pytest.raises(AbpError, match="--train-pooler"):
         prune(dataclasses.replace(tiny_prune_config, method="finetune", train_pooler=True))
+
+
+def test_masking_the_unused_pooler_of_a_sentence_transformers_checkpoint_warns_to_train_it(
+        tiny_prune_config, tiny_model_dir, caplog):
+    pooling = Path(tiny_model_dir) / "1_Pooling"
+    pooling.mkdir()
+    (pooling / "config.json").write_text(json.dumps({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    try:
+        prune(dataclasses.replace(tiny_prune_config, max_steps=2))
+        assert "--train-pooler" in caplog.text
+        caplog.clear()
+        prune(dataclasses.replace(tiny_prune_config, max_steps=2, train_pooler=True, overwrite=True))
+        assert "--train-pooler" not in caplog.text
+    finally:
+        (pooling / "config.json").unlink()
+        pooling.rmdir()
