@@ -110,6 +110,7 @@ class PruneConfig:
     # (sentence-transformers models read a mean of the tokens, not [CLS] through the pooler), a frozen pooler is a
     # fixed random-like projection between the masked encoder and the classifier.
     train_pooler: bool = False
+    pooler_lr: float | None = None  # --train-pooler's learning rate [default: --lr, as fine-tuning trains it]
     seed: int = 42
     device: str = "auto"
     mixed_precision: str = "auto"
@@ -168,6 +169,8 @@ def _check_settings(cfg: PruneConfig) -> None:
     if cfg.train_pooler and get_method(cfg.method).trains_weights:
         raise AbpError(f"--train-pooler is for masks over frozen weights; --method {cfg.method} already trains the "
                        "pooler with the rest: drop --train-pooler")
+    if cfg.pooler_lr is not None and not cfg.train_pooler:
+        raise AbpError(f"--pooler-lr {cfg.pooler_lr} needs --train-pooler (without it the pooler is masked, not trained)")
     if cfg.mixed_precision not in ("auto", "no", "fp16", "bf16"):
         raise AbpError(f"--mixed-precision {cfg.mixed_precision} is unknown: choose auto, no, fp16 or bf16")
 
@@ -178,13 +181,17 @@ def _resolved(cfg: PruneConfig) -> PruneConfig:
     return dataclasses.replace(cfg, **absolute)
 
 
-def _param_groups(model, method: Method, head_keys: set[str], sparsifier: Sparsifier, cfg: PruneConfig) -> list[dict]:
-    """Optimizer groups: task head, the sparsifier's scores, and (for tuning methods) the pretrained weights."""
+def _param_groups(model, method: Method, head_keys: set[str], pooler_keys: set[str], sparsifier: Sparsifier,
+                  cfg: PruneConfig) -> list[dict]:
+    """Optimizer groups: task head, a trained pretrained pooler, the sparsifier's scores, and (for tuning methods)
+    the pretrained weights."""
     own = [g for g in sparsifier.param_groups(model) if g["params"]]
     taken = {id(p) for g in own for p in g["params"]}
-    head, weights = [], []
+    head, pooler, weights = [], [], []
     for name, param in model.named_parameters():
-        if name in head_keys:
+        if name in pooler_keys:
+            pooler.append(param)
+        elif name in head_keys:
             head.append(param)
         elif id(param) in taken:
             continue
@@ -193,6 +200,8 @@ def _param_groups(model, method: Method, head_keys: set[str], sparsifier: Sparsi
         else:
             param.requires_grad_(False)  # adapting by pruning: pretrained weights never change (nor get a gradient)
     groups = [{"params": head, "lr": cfg.head_lr, "weight_decay": 0.0}, *own]
+    if pooler:
+        groups.append({"params": pooler, "lr": cfg.lr if cfg.pooler_lr is None else cfg.pooler_lr, "weight_decay": 0.0})
     if weights:
         groups.append({"params": weights, "lr": cfg.lr, "weight_decay": 0.01})
     return groups
@@ -274,7 +283,8 @@ def prune(cfg: PruneConfig) -> dict:
     base_hash = weights_hash(model, skip=new_keys)  # only the weights the checkpoint provides
     # The task head: the weights the checkpoint lacked, and the pretrained pooler when --train-pooler
     pooler_keys = {k for k, _ in model.named_parameters() if ".pooler." in k}
-    head_keys = new_keys | (pooler_keys if cfg.train_pooler else set())
+    trained_pooler = pooler_keys - new_keys if cfg.train_pooler else set()  # pretrained, trained like fine-tuning
+    head_keys = new_keys | trained_pooler
     frozen_hash = weights_hash(model, skip=head_keys)
     pooler_is_pretrained = not pooler_keys & new_keys
     masks_pooler = cfg.mask_pooler and pooler_is_pretrained and not cfg.train_pooler
@@ -297,7 +307,7 @@ def prune(cfg: PruneConfig) -> dict:
             work = incomplete_dir(out)
             step = (checkpoint_step(work) or 0) if cfg.resume else 0
         log = _logger(work)
-        optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, sparsifier, cfg))
+        optimizer = torch.optim.AdamW(_param_groups(model, method, head_keys, trained_pooler, sparsifier, cfg))
         loader, grouped = _train_loader(train, tokenizer, cfg)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size / accelerator.num_processes)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))

@@ -127,6 +127,8 @@ def prune(
     train_pooler: bool = typer.Option(False, help="Train the pretrained pooler as part of the task head instead of "
                                       "masking it (for backbones whose pooler was never trained, e.g. "
                                       "sentence-transformers models; an extension of the paper)."),
+    pooler_lr: Optional[float] = typer.Option(None, help="Learning rate of --train-pooler's pooler [default: --lr, "
+                                              "the rate fine-tuning trains it at]."),
     seed: int = typer.Option(42),
     device: str = typer.Option("auto", help="auto, cpu or cuda (multi-GPU: accelerate launch -m abp_deploy.cli.app)."),
     mixed_precision: str = typer.Option("auto", help="auto (bf16/fp16 on CUDA, none on CPU), no, fp16, bf16."),
@@ -149,7 +151,7 @@ def prune(
                       gate_budget=gate_budget, unit_scales=unit_scales, head_lr=head_lr,
                       distill_from=str(distill_from) if distill_from else None, distill_alpha=distill_alpha,
                       distill_temperature=distill_temperature, score_init=score_init, mask_pooler=mask_pooler,
-                      train_pooler=train_pooler,
+                      train_pooler=train_pooler, pooler_lr=pooler_lr,
                       seed=seed, device=device, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every,
                       resume=resume, overwrite=overwrite, progress=progress)
     manifest = run_prune(cfg)

@@ -223,3 +223,12 @@ def test_masking_the_unused_pooler_of_a_sentence_transformers_checkpoint_warns_t
     finally:
         (pooling / "config.json").unlink()
         pooling.rmdir()
+
+
+def test_pooler_lr_sets_the_trained_poolers_rate_and_needs_train_pooler(tiny_prune_config, tiny_model_dir):
+    prune(dataclasses.replace(tiny_prune_config, train_pooler=True, pooler_lr=0.0, max_steps=5))
+    head = load_tensors(f"{tiny_prune_config.output}/head.safetensors")
+    fresh, _ = load_classifier(str(tiny_model_dir), get_task("sst2"))
+    assert torch.equal(head["bert.pooler.dense.weight"], fresh.bert.pooler.dense.weight)  # rate 0: not moved
+    with pytest.raises(AbpError, match="--pooler-lr .* needs --train-pooler"):
+        prune(dataclasses.replace(tiny_prune_config, pooler_lr=1e-4, overwrite=True))
