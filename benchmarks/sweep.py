@@ -82,10 +82,10 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          # The packaged MiniLM's pooler was never trained (zero bias; sentence-transformers reads a token mean): with
          # it frozen, the classifier reads [CLS] through a fixed random-like projection. Trained at the head's rate
          # (1e-3), seed 42 moved CoLA from MCC 1.8 to 28.3 and MRPC from 75.5 to 81.6 but cost hybrid 70% on
-         # rotten_tomatoes 2.8 pt; at fine-tuning's rate (--lr, the default) it gets the full three seeds.
+         # rotten_tomatoes 2.8 pt; at fine-tuning's rate (--lr, the default) three seeds gave CoLA 16.9, MRPC 80.1.
+         # Both rates get three seeds.
          Arm("abp", 0.5, 3, ("--train-pooler",), "abp 50%, trained pooler"),
-         Arm("abp", 0.5, 1, ("--train-pooler", "--pooler-lr", "0.001"), "abp 50%, trained pooler at lr 1e-3",
-             late=True)),
+         Arm("abp", 0.5, 3, ("--train-pooler", "--pooler-lr", "0.001"), "abp 50%, trained pooler at lr 1e-3")),
     ),
     # Issue 11: structured masks at speed, one lever at a time (fine-tune: the paper plan's runs, same budget).
     # Three seeds for fine-tune and the arms on the Pareto front at seed 42 (hybrid 70%, with and without levers
