@@ -291,8 +291,9 @@ def prune(cfg: PruneConfig) -> dict:
     layers = prunable_linears(model, include_pooler=masks_pooler)
     if masks_pooler and not method.trains_weights and pooler_unused_by_checkpoint(cfg.model):
         logging.getLogger(__name__).warning(
-            "%s pools tokens without [CLS] (sentence-transformers), so its pooler was never trained: masked and frozen "
-            "it hides the encoder from the classifier; pass --train-pooler to train it with the head", cfg.model)
+            "%s pools tokens without [CLS] (sentence-transformers), so its pooler was never trained and is masked "
+            "and frozen here; `abp-deploy prune --train-pooler` trains it with the head (it helped CoLA and MRPC, "
+            "not rotten_tomatoes: benchmarks/RESULTS.md)", cfg.model)
     sparsifier.attach(model, layers)
     if not cfg.resume:  # a resumed run restores its scores and head from the checkpoint
         model.to(accelerator.device)
