@@ -285,7 +285,7 @@ def prune(cfg: PruneConfig) -> dict:
     pooler_keys = {k for k, _ in model.named_parameters() if ".pooler." in k}
     trained_pooler = pooler_keys - new_keys if cfg.train_pooler else set()  # pretrained, trained like fine-tuning
     head_keys = new_keys | trained_pooler
-    frozen_hash = weights_hash(model, skip=head_keys)
+    frozen_hash = base_hash if head_keys == new_keys else weights_hash(model, skip=head_keys)  # hash once if same
     pooler_is_pretrained = not pooler_keys & new_keys
     masks_pooler = cfg.mask_pooler and pooler_is_pretrained and not cfg.train_pooler
     layers = prunable_linears(model, include_pooler=masks_pooler)

@@ -68,6 +68,7 @@ FLOPS = ("--gate-budget", "flops")
 # Stands for the run folder of the same task and seed's dense fine-tune (the teacher of a distilled arm).
 TEACHER = "{teacher}"
 DISTILL = ("--distill-from", TEACHER)
+HYBRID_FISHER = ("--granularity", "hybrid", "--gate-init", "fisher")  # the front arm's mask
 PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
     # Issue 12: the paper's claim (unstructured ABP vs fine-tuning and other pruning methods).
     # Budgets as in common GLUE practice where the CPU allows; max length 128 for pair tasks.
@@ -97,36 +98,36 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          Arm("abp", 0.5, 1, ("--granularity", "structured"), "structured 50%, magnitude gates"),
          Arm("abp", 0.5, 1, ("--granularity", "structured", "--gate-init", "fisher"), "structured 50%, Fisher gates"),
          Arm("abp", 0.7, 1, ("--granularity", "hybrid"), "hybrid 70%, magnitude gates"),
-         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher"), "hybrid 70%, Fisher gates"),
+         Arm("abp", 0.7, 3, HYBRID_FISHER, "hybrid 70%, Fisher gates"),
          # Levers 2 and 3: one FLOPs budget over heads and neurons, then per-unit scales (sparsity = FLOPs removed).
          Arm("abp", 0.5, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS),
              "structured 50% FLOPs, Fisher"),
          Arm("abp", 0.5, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
              "structured 50% FLOPs, Fisher, scales"),
-         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+         Arm("abp", 0.7, 3, (*HYBRID_FISHER, *FLOPS, "--unit-scales"),
              "hybrid 70% FLOPs, Fisher, scales"),
          # Lever 5: operating points of the full recipe. Structured 30% lost 2.8 pt at seed 42, more than hybrid
          # 70%: masks need fine-grained decisions, so the other points are hybrid (late: after the seeds above).
          Arm("abp", 0.3, 1, ("--granularity", "structured", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
              "structured 30% FLOPs, Fisher, scales"),
-         *(Arm("abp", s, 1, ("--granularity", "hybrid", "--gate-init", "fisher", *FLOPS, "--unit-scales"),
+         *(Arm("abp", s, 1, (*HYBRID_FISHER, *FLOPS, "--unit-scales"),
                f"hybrid {s:.0%} FLOPs, Fisher, scales", late=s != 0.6) for s in (0.6, 0.5, 0.8)),
          # The gap left after levers 1-3 is capacity, not unit choice: the dense fine-tune's logits as soft targets
          # (same seed's run as teacher, so the arm costs one fine-tune more). It lost 1.4 pt at seed 42 on
          # rotten_tomatoes, so it stays a one-seed row. And the paper's unstructured mask, the front's other end
          # (shared with the paper plan).
-         Arm("abp", 0.7, 1, ("--granularity", "hybrid", "--gate-init", "fisher", *DISTILL),
+         Arm("abp", 0.7, 1, (*HYBRID_FISHER, *DISTILL),
              "hybrid 70%, Fisher gates, distilled", late=True),
          Arm("abp", 0.5, 1, name="unstructured 50% (the paper's)"),
          # The packaged MiniLM's pooler was never trained: CoLA ABP 50% went from MCC 1.8 to 28.3 at seed 42 once it
          # trained at the head's rate (paper plan), but that rate cost this arm 2.8 pt; fine-tuning's rate (default):
-         Arm("abp", 0.7, 3, ("--granularity", "hybrid", "--gate-init", "fisher", "--train-pooler"),
+         Arm("abp", 0.7, 3, (*HYBRID_FISHER, "--train-pooler"),
              "hybrid 70%, Fisher gates, trained pooler"),
-         Arm("abp", 0.7, 1, ("--granularity", "hybrid", "--gate-init", "fisher", "--train-pooler", "--pooler-lr", "0.001"),
+         Arm("abp", 0.7, 1, (*HYBRID_FISHER, "--train-pooler", "--pooler-lr", "0.001"),
              "hybrid 70%, Fisher gates, trained pooler at lr 1e-3", late=True),
          # The inner mask is what adapts (structured 50% 80.42 vs hybrid 70% 82.49 at seed 42): does more or less
          # freedom inside the kept units pay, at the same speed (the gates' budget is unchanged)?
-         *(Arm("abp", 0.7, 1, ("--granularity", "hybrid", "--gate-init", "fisher", "--inner-sparsity", str(i)),
+         *(Arm("abp", 0.7, 1, (*HYBRID_FISHER, "--inner-sparsity", str(i)),
                f"hybrid 70%, Fisher gates, inner {i:.0%}", late=True) for i in (0.5, 0.1))),
     ),
 }
