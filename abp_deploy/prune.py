@@ -170,7 +170,8 @@ def _check_settings(cfg: PruneConfig) -> None:
         raise AbpError(f"--train-pooler is for masks over frozen weights; --method {cfg.method} already trains the "
                        "pooler with the rest: drop --train-pooler")
     if cfg.pooler_lr is not None and not cfg.train_pooler:
-        raise AbpError(f"--pooler-lr {cfg.pooler_lr} needs --train-pooler (without it the pooler is masked, not trained)")
+        raise AbpError(f"--pooler-lr {cfg.pooler_lr} needs --train-pooler "
+                       "(without it the pooler is masked, not trained)")
     if cfg.mixed_precision not in ("auto", "no", "fp16", "bf16"):
         raise AbpError(f"--mixed-precision {cfg.mixed_precision} is unknown: choose auto, no, fp16 or bf16")
 

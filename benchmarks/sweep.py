@@ -33,7 +33,8 @@ def _abp_deploy() -> str:
     beside = Path(sys.executable).with_name("abp-deploy")
     found = str(beside) if beside.is_file() else shutil.which("abp-deploy")
     if found is None:
-        sys.exit("sweep: no abp-deploy command found; run this script with the project's venv python (.venv/bin/python)")
+        sys.exit("sweep: no abp-deploy command found; run this script with the project's venv python "
+                 "(.venv/bin/python)")
     return found
 
 
@@ -141,8 +142,8 @@ def run_id(task: Task, arm: Arm, seed: int) -> str:
 
 def run_folder(name: str) -> Path | None:
     """The finished run folder of a run id, in any plan's folder (runs are shared across plans)."""
-    found = [d / name for d in sorted(RUNS.iterdir()) if (d / name / "manifest.json").is_file()] if RUNS.is_dir() else []
-    return found[0] if found else None
+    plans = sorted(RUNS.iterdir()) if RUNS.is_dir() else []
+    return next((d / name for d in plans if (d / name / "manifest.json").is_file()), None)
 
 
 def _teacher(task: Task, seed: int) -> str:
