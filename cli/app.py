@@ -20,7 +20,9 @@ from abp_deploy.errors import AbpError, RunInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adapting by pruning for BERT: learn task masks over a frozen model, bake, export to ONNX, bench.")
-console = Console()
+# Piped into a log (CI, nohup), rich would wrap the bench tables at 80 columns; COLUMNS still wins when set.
+LOG_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(width=LOG_WIDTH)
 err = Console(stderr=True)
 
 

@@ -84,3 +84,17 @@ def test_a_real_run_stopped_by_sigterm_says_where_and_how_to_resume(tiny_model_d
     assert "last checkpoint is step" in stderr and "Traceback" not in stderr
     assert "resume with: abp-deploy prune --task sst2" in stderr and stderr.rstrip().endswith("--no-progress --resume")
     assert (tmp_path / "run.incomplete" / "checkpoint").is_dir() and not (tmp_path / "run.lock").exists()
+
+
+def test_tables_piped_into_a_log_are_not_wrapped_at_80_columns():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, "-m", "abp_deploy.cli.app", "tasks"], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    assert max(len(line) for line in piped.splitlines()) > 80
+    narrow = subprocess.run([sys.executable, "-m", "abp_deploy.cli.app", "tasks"], capture_output=True, text=True,
+                            env={**env, "COLUMNS": "60"}, check=True).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 60
