@@ -30,14 +30,14 @@ METHODS = ("abp", "magnitude", "movement")
 RANDOM_JACCARD_AT_HALF = 1 / 3  # E|A∩B| / E|A∪B| = (1/4) / (3/4) for independent masks keeping 1/2
 
 
-def run_folders() -> dict[Path, str]:
-    """Finished 50% runs of the paper plan's pruning methods, in plan order, each with its arm's row label."""
+def run_folders() -> dict[str, str]:
+    """Finished 50% run folders of the paper plan's pruning methods, in plan order, each with its arm's row label."""
     folders = {}
     for task, arm, seed in sweep.planned("paper"):
         if arm.method in METHODS and arm.sparsity == 0.5:  # per-matrix, global and trained-pooler ABP alike
             folder = sweep.run_folder(sweep.run_id(task, arm, seed))  # any plan's folder: runs are shared
             if folder is not None:
-                folders[folder] = arm.label
+                folders[str(folder)] = arm.label
     return folders
 
 
@@ -111,9 +111,9 @@ def main() -> None:
     folders = run_folders()
     if len(folders) < 2:
         raise SystemExit("fewer than two finished 50% runs in the paper sweep: run benchmarks/sweep.py first")
-    cmd = [sweep._abp_deploy(), "analyze", *map(str, folders), "-o", str(OUT), "--overwrite"]
+    cmd = [sweep._abp_deploy(), "analyze", *folders, "-o", str(OUT), "--overwrite"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    summary = summarise(json.loads((OUT / "analyze.json").read_text()), {str(f): label for f, label in folders.items()})
+    summary = summarise(json.loads((OUT / "analyze.json").read_text()), folders)
     SUMMARY.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{len(folders)} runs: abp-deploy analyze <runs> -o {OUT.relative_to(sweep.ROOT)}\n")
     print_tables(summary)

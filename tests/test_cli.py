@@ -92,9 +92,11 @@ def test_tables_piped_into_a_log_are_not_wrapped_at_80_columns():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    piped = subprocess.run([sys.executable, "-m", "abp_deploy.cli.app", "tasks"], capture_output=True, text=True,
-                           env=env, check=True).stdout
-    assert max(len(line) for line in piped.splitlines()) > 80
-    narrow = subprocess.run([sys.executable, "-m", "abp_deploy.cli.app", "tasks"], capture_output=True, text=True,
-                            env={**env, "COLUMNS": "60"}, check=True).stdout
-    assert max(len(line) for line in narrow.splitlines()) <= 60
+
+    def widest_line(extra: dict[str, str]) -> int:
+        out = subprocess.run([sys.executable, "-m", "abp_deploy.cli.app", "tasks"], capture_output=True, text=True,
+                             env={**env, **extra}, check=True).stdout
+        return max(len(line) for line in out.splitlines())
+
+    assert widest_line({}) > 80
+    assert widest_line({"COLUMNS": "60"}) <= 60
