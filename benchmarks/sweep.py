@@ -237,16 +237,20 @@ def _mean_std(values: list[float]) -> str:
 def report(plan: str) -> None:
     tasks, arms = PLANS[plan]
     table: dict[tuple[str, str], list[float]] = {}
+    metrics: dict[tuple[str, str, str], list[float]] = {}  # (arm, task, metric) -> per-seed values ×100
     for task, arm, seed in planned(plan):
         result = _result(plan, task, arm, seed)
         if result is not None:
             table.setdefault((arm.label, task.name), []).append(_score(result))
+            for metric, value in next(iter(result["dev_metrics"].values())).items():
+                metrics.setdefault((arm.label, task.name, metric), []).append(100 * value)
     finished = sum(len(v) for v in table.values())
     print(f"plan {plan}: {finished} of {len(planned(plan))} runs finished; dev score ×100, mean ± std over seeds")
     print("| method | " + " | ".join(t.name for t in tasks) + " |\n|" + "---|" * (len(tasks) + 1))
     for arm in arms:
         cells = [_mean_std(table[(arm.label, t.name)]) if (arm.label, t.name) in table else "–" for t in tasks]
         print(f"| {arm.label} | " + " | ".join(cells) + " |")
+    _official_metrics(tasks, arms, metrics)
     _plot(plan, tasks, arms, table)
     dense = next(a.label for a in arms if a.method == "finetune")
     print("\nMinus fine-tune (pt, difference of means):")
@@ -256,6 +260,22 @@ def report(plan: str) -> None:
             if arm.label != dense and mine and base:
                 print(f"  {t.name} {arm.label}: {statistics.mean(mine) - statistics.mean(base):+.2f} "
                       f"(seeds {', '.join(f'{v:.2f}' for v in mine)}; fine-tune {', '.join(f'{v:.2f}' for v in base)})")
+
+
+def _official_metrics(tasks: tuple[Task, ...], arms: tuple[Arm, ...],
+                      metrics: dict[tuple[str, str, str], list[float]]) -> None:
+    """The GLUE metrics behind a headline score that averages two (MRPC accuracy/F1, STS-B Pearson/Spearman)."""
+    order = {t.name: i for i, t in enumerate(tasks)}
+    names = {(t, m) for (_, t, m) in metrics if m != "score"}
+    columns = sorted(((t, m) for t, m in names if sum(u == t for u, _ in names) > 1), key=lambda c: (order[c[0]], c[1]))
+    if not columns:
+        return
+    print("\nOfficial metrics behind the averaged scores (×100, mean ± std over seeds):")
+    print("| method | " + " | ".join(f"{t} {m}" for t, m in columns) + " |\n|" + "---|" * (len(columns) + 1))
+    for arm in arms:
+        cells = [_mean_std(metrics[(arm.label, t, m)]) if (arm.label, t, m) in metrics else "–" for t, m in columns]
+        if any(c != "–" for c in cells):
+            print(f"| {arm.label} | " + " | ".join(cells) + " |")
 
 
 def _plot(plan: str, tasks: tuple[Task, ...], arms: tuple[Arm, ...], table: dict[tuple[str, str], list[float]]) -> None:
