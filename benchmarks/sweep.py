@@ -250,6 +250,7 @@ def report(plan: str) -> None:
     for arm in arms:
         cells = [_mean_std(table[(arm.label, t.name)]) if (arm.label, t.name) in table else "–" for t in tasks]
         print(f"| {arm.label} | " + " | ".join(cells) + " |")
+    print("| majority class (train's most frequent label) | " + " | ".join(_majority_class(t) for t in tasks) + " |")
     _official_metrics(tasks, arms, metrics)
     _plot(plan, tasks, arms, table)
     dense = next(a.label for a in arms if a.method == "finetune")
@@ -260,6 +261,28 @@ def report(plan: str) -> None:
             if arm.label != dense and mine and base:
                 print(f"  {t.name} {arm.label}: {statistics.mean(mine) - statistics.mean(base):+.2f} "
                       f"(seeds {', '.join(f'{v:.2f}' for v in mine)}; fine-tune {', '.join(f'{v:.2f}' for v in base)})")
+
+
+def _majority_class(task: Task) -> str:
+    """The dev score ×100 of always predicting the training split's most frequent label: the floor a score that
+    "matches fine-tuning" must clear to mean anything (regression has no such constant: its correlation is undefined)."""
+    from collections import Counter
+
+    import numpy as np
+
+    from abp_deploy.data import load_split
+    from abp_deploy.metrics import compute_metrics
+    from abp_deploy.tasks import get_task
+
+    spec = get_task(task.name)
+    if spec.is_regression:
+        return "–"
+    data_dir = GLUE if task.glue else None
+    majority = Counter(load_split(spec, "train", data_dir)["label"]).most_common(1)[0][0]
+    dev = np.asarray(load_split(spec, "dev", data_dir)["label"])
+    logits = np.zeros((len(dev), spec.num_labels))
+    logits[:, majority] = 1.0
+    return f"{100 * compute_metrics(spec, logits, dev)['score']:.2f}"
 
 
 def _official_metrics(tasks: tuple[Task, ...], arms: tuple[Arm, ...],
