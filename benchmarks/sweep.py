@@ -84,7 +84,7 @@ PLANS: dict[str, tuple[tuple[Task, ...], tuple[Arm, ...]]] = {
          # Does learning the mask pay? Scores start at |W|, so at score lr 0 the mask stays the pretrained weights'
          # per-matrix magnitude top-50% and only the head trains: the mask-only baseline ABP must beat (ABP's masks
          # share 0.866 Jaccard with fine-tuned magnitude masks).
-         Arm("abp", 0.5, 1, ("--score-lr", "0"), "abp 50%, mask frozen at |W| (score lr 0)", late=True),
+         Arm("abp", 0.5, 1, ("--score-lr", "0"), "abp 50%, mask frozen at magnitude init (score lr 0)", late=True),
          # The packaged MiniLM's pooler was never trained (zero bias; sentence-transformers reads a token mean): with
          # it frozen, the classifier reads [CLS] through a fixed random-like projection. Trained at the head's rate
          # (1e-3), seed 42 moved CoLA from MCC 1.8 to 28.3 and MRPC from 75.5 to 81.6 but cost hybrid 70% on
