@@ -240,14 +240,13 @@ def _mean_std(values: list[float]) -> str:
 
 def report(plan: str) -> None:
     tasks, arms = PLANS[plan]
-    table: dict[tuple[str, str], list[float]] = {}
     metrics: dict[tuple[str, str, str], list[float]] = {}  # (arm, task, metric) -> per-seed values ×100
     for task, arm, seed in planned(plan):
         result = _result(plan, task, arm, seed)
         if result is not None:
-            table.setdefault((arm.label, task.name), []).append(_score(result))
             for metric, value in next(iter(result["dev_metrics"].values())).items():
                 metrics.setdefault((arm.label, task.name, metric), []).append(100 * value)
+    table = {(a, t): v for (a, t, m), v in metrics.items() if m == "score"}  # the headline score (see _score)
     finished = sum(len(v) for v in table.values())
     print(f"plan {plan}: {finished} of {len(planned(plan))} runs finished; dev score ×100, mean ± std over seeds")
     print("| method | " + " | ".join(t.name for t in tasks) + " |\n|" + "---|" * (len(tasks) + 1))
